@@ -1,0 +1,3 @@
+"""auq: alignment uncertainty quantification."""
+
+__version__ = "0.1.0"
