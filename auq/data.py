@@ -1,0 +1,567 @@
+"""Preference pairs: loading, validation, indexing, splitting and chat rendering.
+
+A :class:`PreferenceDataset` holds N pairs in TRL's columns — ``prompt``, ``chosen``,
+``rejected`` (each a non-empty ``str``, or, *conversational*, a list of
+``{"role": str, "content": str}`` messages) and optional ``margin`` / ``weight``
+(finite floats, weight ≥ 0). Any other column is kept as metadata. Every loader
+validates every row; a bad row raises :class:`PreferenceDataError` naming the row
+index and the field, or, with ``on_error="skip"``, is skipped, recorded in
+``skipped`` and counted in a warning. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from auq._validation import check_choice
+
+__all__ = [
+    "PreferenceDataError",
+    "PreferenceDataset",
+    "render_conversation",
+    "render_pair_texts",
+    "symmetrize",
+]
+
+REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
+NUMERIC_COLUMNS = ("margin", "weight")
+ON_ERROR = ("raise", "skip")
+
+
+class PreferenceDataError(ValueError):
+    """Invalid preference data; the message names the row index and the field."""
+
+
+class _RowError(Exception):
+    def __init__(self, field: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.field, self.reason = field, reason
+
+    def message(self, row: int) -> str:
+        where = f"row {row}" if self.field is None else f"row {row}, field {self.field!r}"
+        return f"{where}: {self.reason}"
+
+
+def _check_messages(field: str | None, msgs: Sequence[Any]) -> None:
+    if len(msgs) == 0:
+        raise _RowError(field, "malformed message list: no messages")
+    for j, m in enumerate(msgs):
+        if not isinstance(m, Mapping):
+            raise _RowError(
+                field,
+                f"malformed message list: message {j} is a {type(m).__name__}, "
+                "expected a dict with str 'role' and 'content'",
+            )
+        for key in ("role", "content"):
+            if not isinstance(m.get(key), str):
+                raise _RowError(
+                    field,
+                    f"malformed message list: message {j} needs a str {key!r}, "
+                    f"got {type(m.get(key)).__name__}",
+                )
+        if not m["content"].strip():
+            raise _RowError(field, f"empty text in message {j}")
+
+
+def _check_text(field: str, value: Any) -> bool:
+    """Validate one text field; return True when it is conversational."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise _RowError(field, "empty text" + (" (whitespace only)" if value else ""))
+        return False
+    if isinstance(value, list | tuple):
+        _check_messages(field, value)
+        return True
+    raise _RowError(field, f"expected a str or a list of messages, got {type(value).__name__}")
+
+
+def _check_number(field: str, value: Any) -> float:
+    if value is None:
+        raise _RowError(field, "missing value (the column exists in other rows)")
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise _RowError(field, f"not a number (got {type(value).__name__})")
+    x = float(value)
+    if not math.isfinite(x):
+        raise _RowError(field, f"non-finite value {x}")
+    if field == "weight" and x < 0:
+        raise _RowError(field, f"negative weight {x}")
+    return x
+
+
+def _copy_text(value: Any) -> Any:
+    return value if isinstance(value, str) else [dict(m) for m in value]
+
+
+def _require_columns(names: Sequence[str]) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        present = ", ".join(repr(str(c)) for c in names) or "none"
+        raise PreferenceDataError(
+            f"missing required column {', '.join(map(repr, missing))}; columns present: {present}"
+        )
+
+
+def _check_row(row: Any, numeric: list[str]) -> tuple[bool, list[float]]:
+    """Validate one row; return (is_conversational, numeric values)."""
+    if isinstance(row, _RowError):
+        raise row
+    if not isinstance(row, Mapping):
+        raise _RowError(None, f"expected a mapping (dict), got {type(row).__name__}")
+    for c in REQUIRED_COLUMNS:
+        if c not in row:
+            have = ", ".join(repr(str(k)) for k in row) or "none"
+            raise _RowError(c, f"missing required column {c!r}; row has columns: {have}")
+    conv = _check_text("prompt", row["prompt"])
+    for c in ("chosen", "rejected"):
+        if _check_text(c, row[c]) != conv:
+            raise _RowError(c, "mixes conversational and plain text within the row")
+    left, right = row["chosen"], row["rejected"]
+    if (left.strip() == right.strip()) if isinstance(left, str) else list(left) == list(right):
+        raise _RowError("rejected", "identical to 'chosen'")
+    return conv, [_check_number(c, row.get(c)) for c in numeric]
+
+
+def _validate(rows: list[Any], on_error: str, stacklevel: int = 3) -> dict[str, Any]:
+    """Validate ``rows`` (mappings, or ``_RowError`` placeholders) into column state."""
+    check_choice("on_error", on_error, ON_ERROR)
+    if not rows:
+        raise PreferenceDataError("dataset has 0 rows")
+    names: dict[str, None] = {}
+    for r in rows:
+        if isinstance(r, Mapping):
+            names.update(dict.fromkeys(map(str, r)))
+    _require_columns(list(names))
+    numeric = [c for c in NUMERIC_COLUMNS if c in names]
+    extra = [c for c in names if c not in REQUIRED_COLUMNS and c not in NUMERIC_COLUMNS]
+    cols: dict[str, Any] = {c: [] for c in (*REQUIRED_COLUMNS, *numeric, *extra)}
+    skipped: list[tuple[int, str | None, str]] = []
+    conv: bool | None = None
+    for i, row in enumerate(rows):
+        try:
+            kind, nums = _check_row(row, numeric)
+            if conv is not None and kind != conv:
+                first = "conversational" if conv else "plain"
+                raise _RowError("prompt", f"mixes conversational and plain rows ({first} before)")
+        except _RowError as err:
+            if on_error == "raise":
+                raise PreferenceDataError(err.message(i)) from None
+            skipped.append((i, err.field, err.reason))
+            continue
+        conv = kind
+        for c in REQUIRED_COLUMNS:
+            cols[c].append(_copy_text(row[c]))
+        for c, x in zip(numeric, nums, strict=True):
+            cols[c].append(x)
+        for c in extra:
+            cols[c].append(row.get(c))
+    if skipped:
+        first = _RowError(*skipped[0][1:]).message(skipped[0][0])
+        if len(skipped) == len(rows):
+            raise PreferenceDataError(f"no valid rows: all {len(rows)} rows failed; first: {first}")
+        msg = f"skipped {len(skipped)} of {len(rows)} rows with invalid data (see .skipped)"
+        warnings.warn(f"{msg}; first: {first}", UserWarning, stacklevel=stacklevel)
+    for c in numeric:
+        cols[c] = np.asarray(cols[c], dtype=np.float64)
+    return {"cols": cols, "conversational": bool(conv), "skipped": skipped}
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+class PreferenceDataset:
+    """N validated preference pairs in TRL's columns.
+
+    Parameters
+    ----------
+    columns : mapping of str to sequence
+        Column name → N values; needs ``prompt``, ``chosen`` and ``rejected``;
+        ``margin`` / ``weight`` are optional numeric columns; others are metadata.
+    on_error : {"raise", "skip"}
+        ``"raise"`` stops at the first bad row; ``"skip"`` drops bad rows, records
+        them in :attr:`skipped` and warns with their count.
+
+    Notes
+    -----
+    Datasets derived by indexing, :meth:`select`, :meth:`split`, :meth:`shuffle` or
+    :meth:`concat` contain only valid rows, so their :attr:`skipped` is empty.
+    """
+
+    def __init__(self, columns: Mapping[str, Sequence[Any]], *, on_error: str = "raise") -> None:
+        names = [str(c) for c in columns]
+        _require_columns(names)
+        n = len(columns["prompt"])
+        for c, values in columns.items():
+            if len(values) != n:
+                raise PreferenceDataError(
+                    f"column {c!r} has {len(values)} values but 'prompt' has {n}"
+                )
+        rows = [{c: columns[c][i] for c in columns} for i in range(n)]
+        self._set(**_validate(rows, on_error, stacklevel=4))
+
+    def _set(self, cols: dict[str, Any], conversational: bool, skipped: list) -> None:
+        self._cols, self._conversational, self._skipped = cols, conversational, skipped
+
+    @classmethod
+    def _from_rows(cls, rows: list[Any], on_error: str) -> PreferenceDataset:
+        obj = cls.__new__(cls)
+        obj._set(**_validate(rows, on_error, stacklevel=4))
+        return obj
+
+    # -- loaders -------------------------------------------------------------------------
+
+    @classmethod
+    def from_records(
+        cls, rows: Iterable[Mapping[str, Any]], *, on_error: str = "raise"
+    ) -> PreferenceDataset:
+        """Build from an iterable of row mappings (``{"prompt": ..., "chosen": ..., ...}``)."""
+        return cls._from_rows(list(rows), on_error)
+
+    @classmethod
+    def from_dict(
+        cls, columns: Mapping[str, Sequence[Any]], *, on_error: str = "raise"
+    ) -> PreferenceDataset:
+        """Build from columns: ``{"prompt": [...], "chosen": [...], "rejected": [...]}``."""
+        return cls(columns, on_error=on_error)
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path, *, on_error: str = "raise") -> PreferenceDataset:
+        """Read one JSON object per line; blank lines are ignored.
+
+        Rows are numbered from 0 over the non-blank lines; a line that is not valid
+        JSON (or not a JSON object) is reported with its 1-based line number.
+        """
+        rows: list[Any] = []
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    obj = _RowError(None, f"line {lineno}: invalid JSON ({e.msg})")
+                if not isinstance(obj, dict | _RowError):
+                    kind = type(obj).__name__
+                    obj = _RowError(None, f"line {lineno}: expected a JSON object, got {kind}")
+                rows.append(obj)
+        return cls._from_rows(rows, on_error)
+
+    @classmethod
+    def from_pandas(cls, df: Any, *, on_error: str = "raise") -> PreferenceDataset:
+        """Build from a ``pandas.DataFrame`` (pandas is only needed by the caller)."""
+        if not (hasattr(df, "columns") and hasattr(df, "to_dict")):
+            raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+        _require_columns([str(c) for c in df.columns])
+        return cls._from_rows(df.to_dict(orient="records"), on_error)
+
+    @classmethod
+    def from_hf(cls, dataset: Any, *, on_error: str = "raise") -> PreferenceDataset:
+        """Build from a Hugging Face ``datasets.Dataset`` (duck-typed: ``column_names``)."""
+        names = getattr(dataset, "column_names", None)
+        if isinstance(names, Mapping):
+            raise TypeError(
+                f"got a DatasetDict with splits {list(names)}; pass one, e.g. dataset['train']"
+            )
+        if names is None:
+            raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
+        _require_columns(list(names))
+        rows = dataset.to_list() if hasattr(dataset, "to_list") else list(dataset)
+        return cls._from_rows(rows, on_error)
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def prompts(self) -> list[Any]:
+        """Prompts, length N (str, or message lists when conversational)."""
+        return list(self._cols["prompt"])
+
+    @property
+    def chosen(self) -> list[Any]:
+        """Preferred responses, length N."""
+        return list(self._cols["chosen"])
+
+    @property
+    def rejected(self) -> list[Any]:
+        """Dispreferred responses, length N."""
+        return list(self._cols["rejected"])
+
+    @property
+    def margin(self) -> np.ndarray | None:
+        """Preference margins, float64 shape (N,), or None when the column is absent."""
+        return self._cols.get("margin")
+
+    @property
+    def weight(self) -> np.ndarray | None:
+        """Per-pair weights ≥ 0, float64 shape (N,), or None when absent."""
+        return self._cols.get("weight")
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names: required, then numeric, then metadata columns."""
+        return list(self._cols)
+
+    def column(self, name: str) -> list[Any] | np.ndarray:
+        """Values of column ``name``, length N (an array for ``margin`` / ``weight``)."""
+        if name not in self._cols:
+            raise KeyError(f"no column {name!r}; columns: {self.columns}")
+        v = self._cols[name]
+        return v if isinstance(v, np.ndarray) else list(v)
+
+    @property
+    def is_conversational(self) -> bool:
+        """True when texts are message lists rather than strings."""
+        return self._conversational
+
+    @property
+    def skipped(self) -> list[tuple[int, str | None, str]]:
+        """``(row_index, field, reason)`` of each row skipped while loading."""
+        return list(self._skipped)
+
+    @property
+    def n_skipped(self) -> int:
+        """Number of rows skipped while loading."""
+        return len(self._skipped)
+
+    # -- indexing ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._cols["prompt"])
+
+    def _row(self, i: int) -> dict[str, Any]:
+        return {c: (float(v[i]) if c in NUMERIC_COLUMNS else v[i]) for c, v in self._cols.items()}
+
+    def _take(self, idx: np.ndarray) -> PreferenceDataset:
+        cols = {
+            c: (v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx])
+            for c, v in self._cols.items()
+        }
+        obj = type(self).__new__(type(self))
+        obj._set(cols, self._conversational, [])
+        return obj
+
+    def __getitem__(self, key: Any) -> dict[str, Any] | PreferenceDataset:
+        """``ds[i]`` → row dict; ``ds[slice | list | array]`` → new dataset."""
+        n = len(self)
+        if isinstance(key, numbers.Integral) and not isinstance(key, bool | np.bool_):
+            if not -n <= key < n:
+                raise IndexError(f"row {key} out of range for a dataset of {n} rows")
+            return self._row(int(key) % n)
+        if isinstance(key, slice):
+            return self._take(np.arange(n)[key])
+        return self.select(key)
+
+    def select(self, indices: Sequence[int] | np.ndarray) -> PreferenceDataset:
+        """New dataset of the rows at ``indices`` (ints, or a boolean mask of length N)."""
+        n = len(self)
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise IndexError(f"boolean mask must have shape ({n},), got {idx.shape}")
+            idx = np.flatnonzero(idx)
+        elif idx.size == 0:
+            idx = idx.astype(np.int64)
+        elif idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"indices must be a 1-D sequence of ints, got {idx.dtype} {idx.shape}")
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"index out of range for a dataset of {n} rows")
+        return self._take(idx % n if idx.size else idx)
+
+    def shuffle(self, seed: int = 0) -> PreferenceDataset:
+        """Rows in a random order drawn from ``numpy.random.default_rng(seed)``."""
+        return self._take(np.random.default_rng(seed).permutation(len(self)))
+
+    def split(
+        self, test_size: float | int = 0.2, *, seed: int = 0
+    ) -> tuple[PreferenceDataset, PreferenceDataset]:
+        """Shuffle deterministically and split into ``(train, test)``.
+
+        Sizes follow scikit-learn's ``train_test_split``: a float ``test_size`` in
+        (0, 1) gives ``ceil(test_size * N)`` test rows, an int gives exactly that many.
+        """
+        n = len(self)
+        if isinstance(test_size, numbers.Integral) and not isinstance(test_size, bool):
+            n_test = int(test_size)
+        elif isinstance(test_size, numbers.Real) and 0 < test_size < 1:
+            n_test = math.ceil(float(test_size) * n)
+        else:
+            raise ValueError(f"test_size must be a float in (0, 1) or an int, got {test_size!r}")
+        if not 1 <= n_test < n:
+            raise ValueError(
+                f"test_size={test_size!r} with {n} rows gives {n_test} test and "
+                f"{n - n_test} train rows; both need at least one"
+            )
+        perm = np.random.default_rng(seed).permutation(n)
+        return self._take(perm[n_test:]), self._take(perm[:n_test])
+
+    def concat(self, other: PreferenceDataset) -> PreferenceDataset:
+        """Rows of ``self`` followed by rows of ``other``.
+
+        Metadata columns present in only one side are filled with None; ``margin`` and
+        ``weight`` must be present in both or in neither.
+        """
+        if self._conversational != other._conversational:
+            raise PreferenceDataError("cannot concat a conversational and a plain dataset")
+        for c in NUMERIC_COLUMNS:
+            if (c in self._cols) != (c in other._cols):
+                raise PreferenceDataError(f"cannot concat: column {c!r} is in only one dataset")
+        cols: dict[str, Any] = {}
+        for c in [*self._cols, *(c for c in other._cols if c not in self._cols)]:
+            a, b = self._cols.get(c, [None] * len(self)), other._cols.get(c, [None] * len(other))
+            cols[c] = np.concatenate([a, b]) if c in NUMERIC_COLUMNS else [*a, *b]
+        obj = type(self).__new__(type(self))
+        obj._set(cols, self._conversational, [])
+        return obj
+
+    # -- export --------------------------------------------------------------------------
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """All rows as dicts (numeric columns as Python floats)."""
+        return [self._row(i) for i in range(len(self))]
+
+    def to_jsonl(self, path: str | Path) -> None:
+        """Write one JSON object per row (UTF-8); :meth:`from_jsonl` reads it back."""
+        with open(path, "w", encoding="utf-8") as fh:
+            for row in self.to_records():
+                fh.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+
+    def to_pandas(self) -> Any:
+        """A ``pandas.DataFrame`` of :meth:`to_records` (needs pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.to_records(), columns=self.columns)
+
+    def render(self, tokenizer: Any = None) -> PreferenceDataset:
+        """Plain-text copy: conversational rows rendered with :func:`render_pair_texts`.
+
+        ``prompt`` becomes the rendered prompt (with the generation prompt) and
+        ``chosen`` / ``rejected`` the rendered responses; plain datasets return ``self``.
+        """
+        if not self._conversational:
+            return self
+        cols = dict(self._cols)
+        for c in ("chosen", "rejected"):
+            pairs = zip(self._cols["prompt"], self._cols[c], strict=True)
+            cols[c] = [render_pair_texts(p, r, tokenizer)[1] for p, r in pairs]
+        cols["prompt"] = [_render_prompt(p, tokenizer) for p in self._cols["prompt"]]
+        obj = type(self).__new__(type(self))
+        obj._set(cols, False, [])
+        return obj
+
+    def __repr__(self) -> str:
+        kind = "conversational" if self._conversational else "plain"
+        skipped = f", skipped={self.n_skipped}" if self._skipped else ""
+        cols = self.columns
+        return f"PreferenceDataset(n_rows={len(self)}, format={kind!r}, columns={cols}{skipped})"
+
+
+# -- symmetrisation and chat rendering ---------------------------------------------------
+
+
+def symmetrize(margins: Any, labels: Any = None) -> tuple[Any, Any]:
+    """Swap-symmetrise pairwise data for calibration.
+
+    Each pair (Δ, y) is also presented swapped, (−Δ, 1 − y). For an antisymmetric
+    preference model, P(b ≻ a) = 1 − P(a ≻ b), the swapped pair carries exactly the
+    same information, so the fitted temperature is unchanged in expectation. But a
+    calibration set built the usual way has every label equal to 1 ("chosen wins"):
+    on it a temperature fit is driven to T → 0 and Platt / isotonic regression see
+    one class only; the symmetrised set has both classes and calibrates.
+
+    Parameters
+    ----------
+    margins : np.ndarray or torch.Tensor, shape (B,)
+        Margins (logits) Δ = r(chosen) − r(rejected).
+    labels : array-like, shape (B,), optional
+        1 where the first response won, 0 where it lost; default all ones.
+
+    Returns
+    -------
+    margins, labels : shape (2B,)
+        ``concat([Δ, −Δ])`` and ``concat([y, 1 − y])``, in the type of ``margins``.
+    """
+    import torch
+
+    is_torch = isinstance(margins, torch.Tensor)
+    m = margins if is_torch else np.asarray(margins, dtype=np.float64)
+    if m.ndim != 1:
+        raise ValueError(f"margins must have shape (B,), got {tuple(m.shape)}")
+    if labels is None:
+        y = torch.ones_like(m) if is_torch else np.ones_like(m)
+    else:
+        y = torch.as_tensor(labels, device=m.device) if is_torch else np.asarray(labels)
+    if tuple(y.shape) != tuple(m.shape):
+        raise ValueError(f"labels must have shape {tuple(m.shape)}, got {tuple(y.shape)}")
+    if not bool(((y == 0) | (y == 1)).all()):
+        raise ValueError("labels must be 0 or 1")
+    flipped = ~y if y.dtype in (torch.bool, np.bool_) else 1 - y
+    cat = torch.cat if is_torch else np.concatenate
+    return cat([m, -m]), cat([y, flipped])
+
+
+def _has_chat_template(tokenizer: Any) -> bool:
+    return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_conversation(
+    messages: str | Sequence[Mapping[str, str]],
+    tokenizer: Any = None,
+    *,
+    add_generation_prompt: bool = False,
+) -> str:
+    """Render a message list to text; plain strings pass through unchanged.
+
+    With a tokenizer that has a ``chat_template`` this is
+    ``tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=...)``.
+    Otherwise each message becomes ``"{role}: {content}\\n"`` (``add_generation_prompt``
+    is then ignored: the role prefix belongs to the response).
+    """
+    if isinstance(messages, str):
+        return messages
+    msgs = list(messages)
+    try:
+        _check_messages(None, msgs)
+    except _RowError as err:
+        raise PreferenceDataError(f"messages: {err.reason}") from None
+    if _has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    return "".join(f"{m['role']}: {m['content']}\n" for m in msgs)
+
+
+def _render_prompt(prompt: Any, tokenizer: Any) -> str:
+    return render_conversation(prompt, tokenizer, add_generation_prompt=True)
+
+
+def render_pair_texts(prompt: Any, response: Any, tokenizer: Any = None) -> tuple[str, str]:
+    """Turn a (prompt, response) into ``(prompt_text, response_text)``.
+
+    Strings pass through. For message lists with a chat template, ``prompt_text`` is
+    the prompt rendered with the generation prompt and ``response_text`` the rest of
+    the full conversation's rendering when ``prompt_text`` is its prefix (else the
+    response rendered alone). Without a template, the plain ``"{role}: {content}\\n"``
+    format of :func:`render_conversation` is used for each part.
+    """
+    if isinstance(prompt, str) and isinstance(response, str):
+        return prompt, response
+    if isinstance(prompt, str) or isinstance(response, str):
+        raise TypeError("prompt and response must both be str or both be message lists")
+    if not _has_chat_template(tokenizer):
+        return render_conversation(prompt), render_conversation(response)
+    prompt_text = _render_prompt(prompt, tokenizer)
+    full = render_conversation([*prompt, *response], tokenizer)
+    if full.startswith(prompt_text):
+        return prompt_text, full[len(prompt_text) :]
+    return prompt_text, render_conversation(response, tokenizer)

@@ -1,0 +1,334 @@
+"""Bayesian linear Bradley–Terry head in Pyro: SVI with autoguides, or NUTS.
+
+Model (:class:`BradleyTerryModel`)
+    ``w ~ N(0, s² I)`` (``s = prior_scale``), and for each pair i with
+    ``z_i = φ̃_c − φ̃_r`` the observation "chosen wins" ``y_i = 1`` with
+    ``y_i ~ Bernoulli(logits = wᵀz_i − m_i)``, its log-likelihood scaled by the
+    pair weight ``v_i`` (``poutine.scale``). The likelihood is exact, so no
+    swap-symmetrisation is needed.
+
+Inference
+    ``inference="svi"``: ``Trace_ELBO`` with ``AutoNormal`` / ``AutoLowRankMultivariateNormal``
+    / ``AutoMultivariateNormal`` (``guide="normal" | "lowrank" | "mvn"``), Adam with the
+    learning rate decayed ×0.1 over ``num_steps``, full batch.
+    ``inference="nuts"``: ``MCMC(NUTS(model))`` for small heads.
+
+After fitting, ``num_samples`` posterior weight draws live in the buffer
+``weight_samples`` (S, d), so predicting is one matmul ``W_s φ̃ᵀ`` and save/load is exact.
+
+Global state
+    Inference runs with ``pyro.settings.context(module_local_params=True)`` inside
+    ``pyro.get_param_store().scope()``, so no parameter enters (or is read from) the
+    global param store, and two heads never share parameters. ``pyro.set_rng_seed(seed)``
+    runs inside :func:`torch.random.fork_rng` with Python's and NumPy's RNG states
+    saved and restored: ``fit`` is deterministic on CPU and leaves every global RNG
+    as it found it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer import MCMC, NUTS, Predictive, Trace_ELBO
+from pyro.infer.autoguide import (
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
+from pyro.nn import PyroModule, PyroSample
+from torch import Tensor
+
+from auq._validation import check_choice, check_positive_int
+from auq.heads.base import PreferenceHead, register_head
+from auq.heads.laplace import _pair_inputs
+from auq.types import RewardPrediction
+
+__all__ = ["BradleyTerryModel", "PyroHead"]
+
+INFERENCE_CHOICES = ("svi", "nuts")
+GUIDES = {
+    "normal": AutoNormal,
+    "lowrank": AutoLowRankMultivariateNormal,
+    "mvn": AutoMultivariateNormal,
+}
+
+
+class BradleyTerryModel(PyroModule):
+    """Bayesian linear Bradley–Terry likelihood over pair differences.
+
+    Parameters
+    ----------
+    in_features : int
+        Dimension d of ``w``.
+    prior_scale : float
+        Prior standard deviation s of every weight.
+    device : torch.device or str
+        Where the prior's tensors live.
+    """
+
+    def __init__(self, in_features: int, prior_scale: float, device: torch.device | str = "cpu"):
+        super().__init__()
+        loc = torch.zeros(in_features, device=device)
+        self.weight = PyroSample(dist.Normal(loc, torch.full_like(loc, prior_scale)).to_event(1))
+
+    def forward(self, z: Tensor, target: Tensor, pair_weight: Tensor) -> Tensor:
+        """Score B pairs.
+
+        Parameters
+        ----------
+        z : Tensor, shape (B, d)
+        target, pair_weight : Tensor, shape (B,)
+
+        Returns
+        -------
+        Tensor, shape (..., B)
+            Logits ``wᵀz − m`` (leading axes when particles are vectorised).
+        """
+        w = self.weight  # (d,) or (..., 1, d) under vectorised particles
+        logits = w @ z.T  # (B,) or (..., 1, B)
+        if w.ndim > 1:
+            logits = logits.squeeze(-2)
+        logits = logits - target
+        with pyro.plate("pairs", z.shape[0], dim=-1), poutine.scale(scale=pair_weight):
+            pyro.sample("obs", dist.Bernoulli(logits=logits), obs=torch.ones_like(logits))
+        return logits
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed Pyro/torch/NumPy/Python RNGs for a block and restore them afterwards."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            pyro.set_rng_seed(seed)
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+@register_head
+class PyroHead(PreferenceHead):
+    """Bayesian linear Bradley–Terry head fitted with Pyro (SVI or NUTS).
+
+    Parameters
+    ----------
+    in_features : int
+        Feature dimension d.
+    inference : {"svi", "nuts"}
+    guide : {"normal", "lowrank", "mvn"}
+        Autoguide for SVI: mean-field, low-rank-plus-diagonal, or full-covariance Gaussian.
+    prior_scale : float
+        Prior standard deviation of each weight (on standardised features).
+    num_steps : int
+        SVI optimisation steps (full batch).
+    lr : float
+        Initial Adam learning rate (decayed geometrically to ``lr / 10``).
+    num_particles : int
+        ELBO particles per step (vectorised).
+    num_samples : int
+        S, posterior weight draws stored after fitting (NUTS: draws kept after warm-up).
+    warmup_steps : int
+        NUTS warm-up (adaptation) steps.
+    rank : int, optional
+        Rank of the ``"lowrank"`` guide (Pyro's default ``≈ sqrt(d)`` when None).
+    seed : int
+        Seed of every random choice in ``fit``.
+    progress : bool
+        Show a tqdm bar over SVI steps / Pyro's MCMC bar.
+    standardize : bool
+        Standardise features with the mean/scale of the training responses.
+
+    Attributes
+    ----------
+    weight_samples : Tensor, shape (S, d)
+        Posterior draws of ``w`` (standardised-feature coordinates).
+    loss_history_ : list of float
+        Negative ELBO per SVI step of the last fit (not saved).
+    """
+
+    method = "pyro"
+
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        inference: str = "svi",
+        guide: str = "normal",
+        prior_scale: float = 1.0,
+        num_steps: int = 1000,
+        lr: float = 0.05,
+        num_particles: int = 1,
+        num_samples: int = 256,
+        warmup_steps: int = 200,
+        rank: int | None = None,
+        seed: int = 0,
+        progress: bool = False,
+        standardize: bool = True,
+    ) -> None:
+        super().__init__(in_features, standardize=standardize)
+        self.inference = check_choice("inference", inference, INFERENCE_CHOICES)
+        self.guide = check_choice("guide", guide, GUIDES)
+        if isinstance(prior_scale, bool) or not (
+            isinstance(prior_scale, int | float) and prior_scale > 0
+        ):
+            raise ValueError(f"prior_scale must be a positive float, got {prior_scale!r}")
+        if isinstance(lr, bool) or not (isinstance(lr, int | float) and lr > 0):
+            raise ValueError(f"lr must be a positive float, got {lr!r}")
+        self.prior_scale = float(prior_scale)
+        self.num_steps = check_positive_int("num_steps", num_steps)
+        self.lr = float(lr)
+        self.num_particles = check_positive_int("num_particles", num_particles)
+        self.num_samples = check_positive_int("num_samples", num_samples)
+        self.warmup_steps = check_positive_int("warmup_steps", warmup_steps, minimum=0)
+        self.rank = None if rank is None else check_positive_int("rank", rank)
+        self.seed = int(seed)
+        self.progress = bool(progress)
+        self.loss_history_: list[float] = []
+        self.register_buffer("weight_samples", torch.zeros(num_samples, in_features))
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "in_features": self.in_features,
+            "inference": self.inference,
+            "guide": self.guide,
+            "prior_scale": self.prior_scale,
+            "num_steps": self.num_steps,
+            "lr": self.lr,
+            "num_particles": self.num_particles,
+            "num_samples": self.num_samples,
+            "warmup_steps": self.warmup_steps,
+            "rank": self.rank,
+            "seed": self.seed,
+            "progress": self.progress,
+            "standardize": self.standardize,
+        }
+
+    # -- fitting -------------------------------------------------------------------
+    def fit(
+        self,
+        phi_chosen: Tensor,
+        phi_rejected: Tensor,
+        *,
+        margin: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> PyroHead:
+        """Infer the posterior over ``w`` from B pairs and store ``num_samples`` draws.
+
+        Parameters
+        ----------
+        phi_chosen, phi_rejected : Tensor, shape (B, d)
+        margin : Tensor, shape (B,), optional
+            Target margins m: the likelihood is ``Bernoulli(logits = wᵀz − m)``.
+        weight : Tensor, shape (B,), optional
+            Non-negative pair weights scaling each log-likelihood term.
+
+        Returns
+        -------
+        PyroHead
+            ``self``, fitted.
+        """
+        dtype = self.weight_samples.dtype
+        phi_c, phi_r, target, pair_weight = _pair_inputs(
+            self, phi_chosen, phi_rejected, margin, weight, dtype
+        )
+        self.fit_standardization(torch.cat([phi_c, phi_r]))  # union of chosen and rejected
+        z = self.standardize_features(phi_c) - self.standardize_features(phi_r)  # (B, d)
+        args = (z, target, pair_weight)
+        with (
+            pyro.settings.context(module_local_params=True),
+            pyro.get_param_store().scope(),
+            _seeded(self.seed, z.device),
+        ):
+            model = BradleyTerryModel(self.in_features, self.prior_scale, z.device)
+            if self.inference == "svi":
+                samples = self._fit_svi(model, args)
+            else:
+                samples = self._fit_nuts(model, args)
+        self.weight_samples = samples.detach().to(self.weight_samples)
+        self.is_fitted.fill_(True)
+        return self
+
+    def _fit_svi(self, model: BradleyTerryModel, args: tuple[Tensor, ...]) -> Tensor:
+        """SVI with the chosen autoguide; returns guide draws, shape (S, d)."""
+        kwargs = {"rank": self.rank} if self.guide == "lowrank" and self.rank else {}
+        guide = GUIDES[self.guide](model, **kwargs)
+        elbo = Trace_ELBO(
+            num_particles=self.num_particles,
+            vectorize_particles=self.num_particles > 1,
+            max_plate_nesting=1,
+        )(model, guide)
+        elbo(*args)  # creates the guide's (module-local) parameters
+        optim = torch.optim.Adam(elbo.parameters(), lr=self.lr)
+        decay = torch.optim.lr_scheduler.ExponentialLR(optim, 0.1 ** (1.0 / self.num_steps))
+        steps = range(self.num_steps)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc=f"SVI ({self.guide})")
+        self.loss_history_ = []
+        for _ in steps:
+            optim.zero_grad()
+            loss = elbo(*args)
+            loss.backward()
+            optim.step()
+            decay.step()
+            self.loss_history_.append(float(loss))
+        with torch.no_grad():
+            predictive = Predictive(
+                guide, num_samples=self.num_samples, parallel=True, return_sites=["weight"]
+            )
+            return predictive(*args)["weight"].reshape(self.num_samples, self.in_features)
+
+    def _fit_nuts(self, model: BradleyTerryModel, args: tuple[Tensor, ...]) -> Tensor:
+        """NUTS; returns the ``num_samples`` draws after warm-up, shape (S, d)."""
+        mcmc = MCMC(
+            NUTS(model),
+            num_samples=self.num_samples,
+            warmup_steps=self.warmup_steps,
+            num_chains=1,
+            disable_progbar=not self.progress,
+        )
+        mcmc.run(*args)
+        return mcmc.get_samples()["weight"][: self.num_samples]
+
+    # -- fitted quantities -----------------------------------------------------------
+    @property
+    def posterior_mean_(self) -> Tensor:
+        """Posterior mean of ``w`` over the stored draws, shape (d,)."""
+        return self.weight_samples.mean(0)
+
+    @property
+    def posterior_std_(self) -> Tensor:
+        """Posterior standard deviation of ``w`` over the stored draws, shape (d,)."""
+        return self.weight_samples.std(0, unbiased=False)
+
+    # -- prediction ------------------------------------------------------------------
+    def predict(self, phi: Tensor) -> RewardPrediction:
+        """Rewards of N responses from the stored posterior draws.
+
+        Parameters
+        ----------
+        phi : Tensor, shape (N, d)
+
+        Returns
+        -------
+        RewardPrediction
+            ``samples = W_s φ̃ᵀ``, shape (S, N); mean and epistemic variance across S.
+            Pairs (:meth:`predict_pairs`, the base-class default) use the same draw
+            for both sides, so margin samples keep the chosen/rejected covariance.
+        """
+        self._check_features("phi", phi)
+        self._check_fitted()
+        w = self.weight_samples
+        x = self.standardize_features(phi.to(device=w.device, dtype=w.dtype))  # (N, d)
+        return RewardPrediction.from_samples(w @ x.T, method=self.method)  # (S, N)

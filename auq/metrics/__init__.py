@@ -1,0 +1,72 @@
+"""Calibration and uncertainty metrics: functional, NumPy or torch in, Python floats out.
+
+Every function validates its input (shapes, finiteness, labels in {0, 1},
+probabilities in [0, 1]) and raises ``ValueError`` naming the argument.
+
+Groups
+------
+calibration error
+    :func:`expected_calibration_error`, :func:`maximum_calibration_error`,
+    :func:`adaptive_calibration_error`, :func:`reliability_curve`
+scoring rules
+    :func:`brier_score`, :func:`negative_log_likelihood`,
+    :func:`negative_log_likelihood_from_logits`, :func:`accuracy`
+uncertainty quality
+    :func:`error_detection_auroc`, :func:`error_detection_aupr`, :func:`ood_auroc`,
+    :func:`ood_aupr`, :func:`risk_coverage_curve`, :func:`aurc`
+intervals
+    :func:`confident_rates`, :func:`bound_calibration`,
+    :func:`preference_bound_calibration_error`
+everything at once
+    :func:`calibration_report`
+"""
+
+from auq.metrics.calibration_error import (
+    ReliabilityCurve,
+    adaptive_calibration_error,
+    expected_calibration_error,
+    maximum_calibration_error,
+    reliability_curve,
+)
+from auq.metrics.detection import (
+    aurc,
+    error_detection_aupr,
+    error_detection_auroc,
+    ood_aupr,
+    ood_auroc,
+    risk_coverage_curve,
+)
+from auq.metrics.intervals import (
+    bound_calibration,
+    confident_rates,
+    preference_bound_calibration_error,
+)
+from auq.metrics.report import calibration_report
+from auq.metrics.scoring_rules import (
+    accuracy,
+    brier_score,
+    negative_log_likelihood,
+    negative_log_likelihood_from_logits,
+)
+
+__all__ = [
+    "ReliabilityCurve",
+    "accuracy",
+    "adaptive_calibration_error",
+    "aurc",
+    "bound_calibration",
+    "brier_score",
+    "calibration_report",
+    "confident_rates",
+    "error_detection_aupr",
+    "error_detection_auroc",
+    "expected_calibration_error",
+    "maximum_calibration_error",
+    "negative_log_likelihood",
+    "negative_log_likelihood_from_logits",
+    "ood_aupr",
+    "ood_auroc",
+    "preference_bound_calibration_error",
+    "reliability_curve",
+    "risk_coverage_curve",
+]

@@ -1,0 +1,436 @@
+"""``RewardModel``: a Hugging Face backbone plus an uncertainty layer.
+
+::
+
+    rm = auq.RewardModel.from_backbone("path/or/name", uq="heads", n_members=8)
+    rm.fit(train_ds, eval_dataset=val_ds)
+    pp = rm.predict(test_ds)              # PreferencePrediction, margins (K, B)
+    rp = rm.score(prompts, responses)     # RewardPrediction, rewards (K, N)
+    rm.save_pretrained("rm"); rm = auq.RewardModel.from_pretrained("rm")
+
+With a frozen backbone (the default) features are computed once per data set and
+every epoch and every member reuses them; ``finetune="full"`` or ``"lora"``
+trains the backbone together with the heads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from auq._validation import check_choice, check_positive_int
+from auq.backbone import Backbone
+from auq.data import PreferenceDataset, render_pair_texts
+from auq.fitting import FitConfig, FitHistory, fit_pairs
+from auq.heads.base import PreferenceHead, load_head, save_head
+from auq.heads.ensemble import EnsembleHead
+from auq.losses import bradley_terry_loss, centering_penalty
+from auq.types import PreferencePrediction, RewardPrediction
+
+__all__ = ["FINETUNE_CHOICES", "UQ_METHODS", "RewardModel", "RewardModelConfig"]
+
+UQ_METHODS = ("heads",)
+PLANNED_UQ_METHODS = ("lora", "partial", "deep", "mc_dropout", "laplace", "pyro")
+FINETUNE_CHOICES = ("frozen", "full", "lora")
+CONFIG_NAME = "auq_config.json"
+
+
+@dataclass
+class RewardModelConfig:
+    """Everything needed to rebuild a reward model (stored as ``auq_config.json``)."""
+
+    backbone: str
+    uq: str = "heads"
+    n_members: int = 8
+    pooling: str = "auto"
+    max_length: int = 256
+    finetune: str = "frozen"
+    head: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.uq in PLANNED_UQ_METHODS:
+            raise NotImplementedError(
+                f"uq={self.uq!r} is planned but not available in this version; "
+                f"available: {', '.join(repr(m) for m in UQ_METHODS)}"
+            )
+        check_choice("uq", self.uq, UQ_METHODS)
+        check_choice("finetune", self.finetune, FINETUNE_CHOICES)
+        check_positive_int("n_members", self.n_members)
+        check_positive_int("max_length", self.max_length, minimum=4)
+
+
+class RewardModel(nn.Module):
+    """A reward model that reports how sure it is.
+
+    Build it with :meth:`from_backbone` or :meth:`from_pretrained`.
+
+    Attributes
+    ----------
+    backbone : Backbone
+    head : PreferenceHead
+    config : RewardModelConfig
+    history_ : FitHistory or None
+        Per-epoch training/held-out loss and accuracy of the last ``fit``.
+    """
+
+    def __init__(self, backbone: Backbone, head: PreferenceHead, config: RewardModelConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = config
+        self.history_: FitHistory | None = None
+        if config.finetune == "frozen":
+            backbone.requires_grad_(False)
+        self.eval()
+
+    # -- construction -------------------------------------------------------------
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path: str | Path,
+        *,
+        uq: str = "heads",
+        n_members: int = 8,
+        pooling: str = "auto",
+        max_length: int = 256,
+        finetune: str = "frozen",
+        hidden_size: int | None = None,
+        bootstrap: bool | None = None,
+        anchor: float = 0.0,
+        init_scale: float = 1.0,
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        lora_target_modules: str | list[str] = "all-linear",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        seed: int = 0,
+    ) -> RewardModel:
+        """A fresh reward model on any Hugging Face backbone (name or local path).
+
+        Parameters
+        ----------
+        name_or_path : str or Path
+            An ``AutoModel`` checkpoint (encoder or decoder), or a TRL reward
+            checkpoint (``AutoModelForSequenceClassification``, ``num_labels=1``)
+            whose score layer then initialises every member.
+        uq : str
+            Uncertainty method; this version provides ``"heads"``.
+        n_members : int
+            Ensemble size K.
+        pooling : {"auto", "last", "mean", "cls"}
+        max_length : int
+            Longest tokenised (prompt, response); see :mod:`auq.batching`.
+        finetune : {"frozen", "full", "lora"}
+            Keep the backbone frozen (features cached), train it fully, or train
+            PEFT LoRA adapters on it.
+        hidden_size : int, optional
+            Width of MLP heads; None for linear heads.
+        bootstrap : bool, optional
+            Per-member bootstrap resampling; defaults to True for reward
+            checkpoints (whose members start identical) and False otherwise.
+        anchor, init_scale : float
+            See :class:`auq.heads.EnsembleHead`.
+        lora_r, lora_alpha, lora_dropout, lora_target_modules
+            PEFT ``LoraConfig`` settings for ``finetune="lora"``.
+        dtype : torch.dtype, optional
+            Backbone weight dtype (heads compute in float32).
+        device : str or torch.device, optional
+        seed : int
+        """
+        backbone = Backbone.from_pretrained(
+            name_or_path, pooling=pooling, max_length=max_length, dtype=dtype
+        )
+        from_checkpoint = backbone.is_reward_checkpoint
+        head_options = {
+            "n_members": n_members,
+            "hidden_size": hidden_size,
+            "bootstrap": from_checkpoint if bootstrap is None else bootstrap,
+            "anchor": anchor,
+            "init_scale": init_scale,
+            "seed": seed,
+        }
+        lora = {
+            "r": lora_r,
+            "lora_alpha": lora_alpha,
+            "lora_dropout": lora_dropout,
+            "target_modules": lora_target_modules,
+        }
+        config = RewardModelConfig(
+            backbone=str(name_or_path),
+            uq=uq,
+            n_members=n_members,
+            pooling=pooling,
+            max_length=max_length,
+            finetune=finetune,
+            head=head_options,
+            lora=lora if finetune == "lora" else {},
+            seed=seed,
+        )
+        head = EnsembleHead(backbone.hidden_size, **head_options)
+        if from_checkpoint:
+            layer = backbone.score_layer
+            head.init_from_linear(layer.weight.detach().float(), _bias(layer))
+        if finetune == "lora":
+            backbone.model = _add_lora(backbone.model, lora)
+        model = cls(backbone, head, config)
+        return model.to(device) if device is not None else model
+
+    # -- inputs ---------------------------------------------------------------------
+    def _tokenize(self, prompts: Sequence, responses: Sequence):
+        """Render conversational rows with the chat template, then tokenise."""
+        tok = self.backbone.tokenizer
+        conversational = any(not isinstance(x, str) for x in (*prompts, *responses))
+        if conversational:
+            texts = [render_pair_texts(p, r, tok) for p, r in zip(prompts, responses, strict=True)]
+            prompts, responses = [t[0] for t in texts], [t[1] for t in texts]
+        return self.backbone.tokenize(
+            list(prompts), list(responses), add_special_tokens=not conversational
+        )
+
+    def _pair_tokens(self, dataset: PreferenceDataset):
+        _require_dataset(dataset)
+        n = len(dataset)
+        tokens = self._tokenize(
+            list(dataset.prompts) * 2, list(dataset.chosen) + list(dataset.rejected)
+        )
+        return tokens, n
+
+    def features(self, dataset: PreferenceDataset, *, progress: bool = False) -> tuple[Tensor, Tensor]:
+        """Backbone features of the chosen and rejected responses, each (B, d)."""
+        tokens, n = self._pair_tokens(dataset)
+        phi = self.backbone.encode(tokens, progress=progress)
+        return phi[:n], phi[n:]
+
+    # -- training -------------------------------------------------------------------
+    def fit(
+        self,
+        train_dataset: PreferenceDataset,
+        eval_dataset: PreferenceDataset | None = None,
+        *,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        progress: bool = True,
+        **options: Any,
+    ) -> RewardModel:
+        """Train the uncertainty layer (and the backbone unless frozen) on preference pairs.
+
+        Parameters
+        ----------
+        train_dataset : PreferenceDataset
+            B pairs; its ``margin`` and ``weight`` columns are used when present.
+        eval_dataset : PreferenceDataset, optional
+            Held-out pairs for per-epoch loss/accuracy and early stopping.
+        epochs, batch_size, lr : optional
+            Overrides of :class:`auq.fitting.FitConfig` (defaults depend on ``finetune``).
+        progress : bool
+            Show progress bars.
+        **options
+            Other :class:`~auq.fitting.FitConfig` fields (``weight_decay``,
+            ``center_coef``, ``patience``, ``seed``, ``max_grad_norm``).
+
+        Returns
+        -------
+        self
+        """
+        _require_dataset(train_dataset, "train_dataset")
+        if eval_dataset is not None:
+            _require_dataset(eval_dataset, "eval_dataset")
+        frozen = self.config.finetune == "frozen"
+        defaults = FitConfig() if frozen else FitConfig(epochs=3, batch_size=16, lr=2e-5)
+        given = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+        config = defaults.replace(
+            progress=progress, **{k: v for k, v in given.items() if v is not None}, **options
+        )
+        margin = _column(train_dataset.margin)
+        weight = _column(train_dataset.weight)
+        if frozen:
+            phi_c, phi_r = self.features(train_dataset, progress=progress)
+            eval_pairs = None if eval_dataset is None else self.features(eval_dataset)
+            self.head.fit(
+                phi_c, phi_r, margin=margin, weight=weight, eval_pairs=eval_pairs, config=config
+            )
+            self.history_ = self.head.history_
+        else:
+            self.history_ = self._finetune(train_dataset, eval_dataset, margin, weight, config)
+        return self
+
+    def _finetune(self, train, evaluation, margin, weight, config: FitConfig) -> FitHistory:
+        """Train backbone and heads end to end on tokenised pairs."""
+        tokens, n = self._pair_tokens(train)
+        device = self.backbone.device
+        with torch.no_grad():  # fix the feature standardisation on the initial features
+            phi = self.backbone.encode(tokens)
+            self.head._restandardize(phi)
+        eval_pairs = None if evaluation is None else self._pair_tokens(evaluation)
+
+        def batch_loss(idx: Tensor):
+            rows = torch.cat([idx, idx + n]).tolist()
+            r = self.head(self.backbone.features_of(tokens, rows))  # (K, 2b)
+            rc, rr = r[:, : len(idx)], r[:, len(idx) :]
+            tm = None if margin is None else margin[idx].to(device)
+            w = None if weight is None else weight[idx].to(device)
+            member_loss = bradley_terry_loss(rc - rr, target_margin=tm, weight=w)
+            if config.center_coef:
+                member_loss = member_loss + config.center_coef * centering_penalty(rc, rr)
+            return member_loss.mean(), (rc - rr).mean(0)
+
+        def evaluate():
+            etokens, m = eval_pairs
+            with torch.no_grad():
+                r = self.head(self.backbone.encode(etokens))
+                margins = r[:, :m] - r[:, m:]
+            return float(bradley_terry_loss(margins).mean()), float((margins.mean(0) > 0).float().mean())
+
+        history = fit_pairs(
+            self,
+            batch_loss,
+            n_pairs=n,
+            config=config,
+            evaluate=None if eval_pairs is None else evaluate,
+            description=f"RewardModel({self.config.finetune})",
+        )
+        self.head.is_fitted.fill_(True)
+        return history
+
+    # -- inference --------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, dataset: PreferenceDataset, *, progress: bool = False) -> PreferencePrediction:
+        """Preference predictions for every pair of ``dataset``.
+
+        Returns
+        -------
+        PreferencePrediction
+            ``margin_samples`` (S, B) with S = K members; chosen/rejected rewards.
+        """
+        phi_c, phi_r = self.features(dataset, progress=progress)
+        return self.head.predict_pairs(phi_c, phi_r).cpu()
+
+    @torch.no_grad()
+    def score(
+        self,
+        prompts: str | Sequence,
+        responses: str | Sequence,
+        *,
+        progress: bool = False,
+    ) -> RewardPrediction:
+        """Rewards with uncertainty for N (prompt, response) pairs.
+
+        Parameters
+        ----------
+        prompts : str or sequence of N prompts
+            A single prompt is broadcast to every response.
+        responses : str or sequence of N responses
+            Plain strings, or message lists for conversational models.
+
+        Returns
+        -------
+        RewardPrediction
+            ``samples`` (S, N), ``mean`` (N,), ``var`` (N,).
+        """
+        if isinstance(responses, str):
+            responses = [responses]
+        if isinstance(prompts, str):
+            prompts = [prompts] * len(responses)
+        if len(prompts) != len(responses):
+            raise ValueError(
+                f"prompts and responses must have the same length, got {len(prompts)} "
+                f"and {len(responses)}"
+            )
+        phi = self.backbone.encode(self._tokenize(prompts, responses), progress=progress)
+        return self.head.predict(phi).cpu()
+
+    # -- checkpoints ------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | Path, *, save_backbone: bool = True) -> None:
+        """Write ``auq_config.json``, the head (safetensors + JSON) and the backbone.
+
+        Parameters
+        ----------
+        save_directory : str or Path
+        save_backbone : bool
+            Store the backbone weights and tokenizer (safetensors) in
+            ``backbone/``; False stores only its name or path (frozen backbones only).
+        """
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = asdict(self.config)
+        model = self.backbone.model
+        if self.config.finetune != "frozen" and not save_backbone:
+            raise ValueError("a fine-tuned backbone must be saved: use save_backbone=True")
+        if save_backbone:
+            if self.config.finetune == "lora":
+                model = model.merge_and_unload()  # adapters folded in: same function
+                self.backbone.model = model
+                self.config.finetune = config["finetune"] = "full"
+            model.save_pretrained(out / "backbone", safe_serialization=True)
+            self.backbone.tokenizer.save_pretrained(out / "backbone")
+            config["backbone"] = "backbone"
+        config["auq_version"] = _version()
+        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        save_head(self.head, out / "head")
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, *, device: torch.device | str | None = None
+    ) -> RewardModel:
+        """Load a model written by :meth:`save_pretrained` (no pickle anywhere)."""
+        directory = Path(directory)
+        path = directory / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{directory} has no {CONFIG_NAME}; to start from a Hugging Face model or a "
+                "TRL reward checkpoint use auq.RewardModel.from_backbone(name_or_path)"
+            )
+        raw = json.loads(path.read_text())
+        raw.pop("auq_version", None)
+        config = RewardModelConfig(**raw)
+        source = config.backbone
+        if not Path(source).is_absolute() and (directory / source).is_dir():
+            source = str(directory / source)
+        backbone = Backbone.from_pretrained(
+            source, pooling=config.pooling, max_length=config.max_length
+        )
+        head = load_head(directory / "head")
+        model = cls(backbone, head, config).eval()
+        return model.to(device) if device is not None else model
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"backbone={c.backbone!r}, uq={c.uq!r}, n_members={c.n_members}, finetune={c.finetune!r}"
+
+
+def _require_dataset(value, name: str = "dataset") -> None:
+    if not isinstance(value, PreferenceDataset):
+        raise TypeError(
+            f"{name}: expected an auq.PreferenceDataset, got {type(value).__name__}; build one "
+            "with auq.PreferenceDataset.from_records(rows) (or from_jsonl / from_pandas / from_hf)"
+        )
+
+
+def _column(values) -> Tensor | None:
+    return None if values is None else torch.as_tensor(values, dtype=torch.float32)
+
+
+def _bias(layer: nn.Linear) -> Tensor | None:
+    return None if layer.bias is None else layer.bias.detach().float()
+
+
+def _add_lora(model: nn.Module, lora: dict[str, Any]) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(**lora))
+
+
+def _version() -> str:
+    from auq import __version__
+
+    return __version__
