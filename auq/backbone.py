@@ -157,7 +157,11 @@ class Backbone(nn.Module):
         model = auto.from_pretrained(name_or_path, **model_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         return cls(
-            model.eval(), tokenizer, pooling=pooling, max_length=max_length, name_or_path=name_or_path
+            model.eval(),
+            tokenizer,
+            pooling=pooling,
+            max_length=max_length,
+            name_or_path=name_or_path,
         )
 
     # -- features -----------------------------------------------------------------
@@ -237,15 +241,19 @@ class Backbone(nn.Module):
 
         Returns
         -------
-        Tensor, shape (N, d), float32, on the backbone's device.
+        Tensor, shape (N, d) — or (K, N, d) for backbone-level ensembles — float32,
+        on the backbone's device.
         """
         was_training = self.training
         self.eval()
-        out = torch.empty((len(tokenized), self.hidden_size), device=self.device)
+        out = None
         batches = token_budget_batches(
             tokenized.lengths, max_tokens=max_tokens, max_batch_size=max_batch_size
         )
         for idx in tqdm(batches, desc=description, disable=not progress, leave=False):
-            out[torch.as_tensor(idx, device=self.device)] = self.features_of(tokenized, idx)
+            phi = self.features_of(tokenized, idx)  # (b, d), or (K, b, d) for member ensembles
+            if out is None:
+                out = phi.new_empty((*phi.shape[:-2], len(tokenized), phi.shape[-1]))
+            out[..., torch.as_tensor(idx, device=phi.device), :] = phi
         self.train(was_training)
         return out

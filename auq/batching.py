@@ -156,11 +156,15 @@ class TextEncoder:
                     r_enc = _truncated(r_enc, keep_r, "right")
                     stats.n_response_truncated += 1
             if self.pair_encoding:
-                enc = self._backend.post_process(p_enc, r_enc, add_special_tokens=add_special_tokens)
+                enc = self._backend.post_process(
+                    p_enc, r_enc, add_special_tokens=add_special_tokens
+                )
                 types.append(enc.type_ids)
             else:
                 merged = Encoding.merge([p_enc, r_enc])
-                enc = self._backend.post_process(merged, None, add_special_tokens=add_special_tokens)
+                enc = self._backend.post_process(
+                    merged, None, add_special_tokens=add_special_tokens
+                )
             ids.append(enc.ids)
         return TokenizedTexts(input_ids=ids, token_type_ids=types, stats=stats)
 

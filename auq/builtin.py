@@ -43,6 +43,9 @@ and the prompt's ``topic`` are kept as extra columns.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 import re
 from functools import lru_cache
 
@@ -139,7 +142,7 @@ _TOPIC_BANKS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
          "learn version control with git", "speed up a slow database query"),
         ("Read the full traceback and reproduce the crash with the smallest possible input.",
          "Keep each function short, give it a descriptive name and make it do one thing.",
-         "Commit small changes often with clear messages and use a branch for each feature.",
+         "Commit focused changes often with clear messages and use a branch for each feature.",
          "Add an index on the columns you filter by and inspect the query plan.",
          "Write unit tests for the tricky cases before you refactor the code."),
         ("Wrap every function in a bare except clause so errors silently disappear.",
@@ -208,57 +211,57 @@ _TOPIC_BANKS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
     ),
     # --- out of distribution: vocabulary disjoint from the topics above ---------------
     "astronomy": (
-        ("spot Saturn through a telescope", "photograph the Milky Way",
+        ("locate Saturn with a telescope", "photograph the Milky Way",
          "identify constellations", "watch a meteor shower"),
-        ("Locate Saturn along the ecliptic with a planetarium chart and observe it at low "
+        ("Locate Saturn along the ecliptic with a planetarium chart and observe it at modest "
          "magnification.",
          "Use a wide lens, a sturdy tripod and long exposures far from urban glare.",
-         "Learn bright anchor constellations such as Orion, then star-hop to their neighbours.",
+         "Memorise bright anchor constellations such as Orion, then star-hop to their neighbours.",
          "Lie back after midnight, let your eyes adapt to darkness and scan the whole sky.",
-         "Let the telescope reach outdoor temperature so planetary images stay steady."),
-        ("Look directly at the Sun through binoculars to see sunspots.",
+         "Let the telescope acclimatise outdoors so planetary images remain steady."),
+        ("Stare directly at the solar disc through binoculars to see sunspots.",
          "Assume every bright dot near the Moon is a comet.",
-         "Observe under a full Moon because moonlight makes faint galaxies brighter."),
+         "Hunt faint galaxies when the Moon is brightest because moonlight helps."),
     ),
     "law": (
-        ("read a rental lease before signing", "file a small claims lawsuit",
+        ("review a rental lease before signing", "file a small claims lawsuit",
          "draft a valid will", "respond to a jury summons"),
-        ("Read every clause of the lease, note the deposit terms and ask the landlord about "
+        ("Review each provision of the lease, note the deposit terms and ask the landlord about "
          "unclear wording.",
          "Gather contracts, receipts and correspondence as evidence before filing at the "
          "courthouse.",
-         "Sign the will in front of two witnesses and store the original somewhere safe.",
+         "Sign the will in front of two witnesses and lodge the original with a notary.",
          "Return the juror questionnaire promptly and request a deferral if attendance is "
          "impossible.",
          "Consult a licensed attorney when the dispute involves significant sums."),
         ("Sign the lease unread since landlords never cheat tenants.",
-         "Ignore the summons entirely because courts never enforce attendance.",
+         "Disregard the summons altogether because courts never enforce attendance.",
          "Scribble the will on a napkin without witnesses and hide it."),
     ),
     "medicine": (
         ("lower my blood pressure", "treat a mild fever", "manage seasonal allergies",
          "take antibiotics correctly"),
-        ("Cut back on sodium, limit alcohol and check your blood pressure with a cuff.",
+        ("Cut back on sodium, limit alcohol and measure your blood pressure with a cuff.",
          "Sip fluids, take an appropriate dose of paracetamol and see a physician if it "
          "persists.",
-         "Use an antihistamine and keep pollen outside by closing windows on windy days.",
-         "Finish the full prescribed antibiotic course even after symptoms improve.",
+         "Use an antihistamine and keep pollen outside by closing windows on windy afternoons.",
+         "Finish the entire prescribed antibiotic course even after symptoms subside.",
          "Ask a pharmacist about interactions before combining medications."),
-        ("Stop taking antibiotics as soon as symptoms fade and save leftover pills.",
-         "Double the fever medication dose to recover twice as fast.",
+        ("Quit antibiotics as soon as symptoms fade and hoard leftover pills.",
+         "Double the fever medication dose to heal twice as fast.",
          "Share prescription pills with relatives who have similar symptoms."),
     ),
     "sailing": (
-        ("tie a bowline knot", "tack a small sailboat", "read nautical charts",
+        ("tie a bowline knot", "tack a dinghy", "interpret nautical charts",
          "prepare for a squall at sea"),
-        ("Form a loop, pass the rope end up through it, around the standing part and back.",
-         "Head up into the wind, release the jib sheet and let the bow swing across.",
-         "Check depth soundings, buoys and hazards marked on the chart before departure.",
+        ("Twist a loop, pass the rope tail up through it, around the standing part and back.",
+         "Steer up into the wind, ease the jib sheet and let the bow pivot across.",
+         "Verify depth soundings, buoys and hazards marked on the chart before departure.",
          "Reef the mainsail early, clip on harnesses and secure loose gear on deck.",
          "Keep a lookout astern and watch for darkening gusts on the horizon."),
         ("Sail offshore alone without lifejackets when a storm is forecast.",
-         "Anchor in a narrow shipping channel overnight to save fuel.",
-         "Ignore the tide tables because currents rarely matter."),
+         "Anchor in a narrow shipping channel after dark to conserve fuel.",
+         "Disregard the tide tables because currents seldom matter."),
     ),
 }
 # fmt: on
@@ -286,7 +289,7 @@ for _topic, (_tasks, _helpful, _wrong) in _TOPIC_BANKS.items():
 _SPLIT = re.compile(r"(?<=[.!?])\s+")
 # per-sentence category probabilities: helpful (on), helpful (off-topic), wrong, generic
 _CATEGORIES = ("on", "off", "wrong", "polite", "rude", "vague")
-_CAT_CDF = np.cumsum([0.36, 0.12, 0.14, 0.14, 0.10, 0.14])
+_CAT_CDF = list(itertools.accumulate([0.36, 0.12, 0.14, 0.14, 0.10, 0.14]))
 _ORDER = {"polite": 0, "rude": 0, "on": 1, "off": 1, "wrong": 1, "vague": 2}
 
 
@@ -317,12 +320,12 @@ def gold_reward(prompt: str, response: str) -> float:
     return total / len(sentences) + LENGTH_BONUS * len(sentences)
 
 
-def _response(topic: str, topics: tuple[str, ...], u: np.ndarray) -> str:
+def _response(topic: str, topics: tuple[str, ...], u: list[float]) -> str:
     """Assemble one response from uniforms ``u`` of shape (13,)."""
     n = 1 + int(u[0] * 4)
     parts: list[tuple[int, str]] = []
     for k in range(n):
-        cat = _CATEGORIES[int(np.searchsorted(_CAT_CDF, u[1 + 3 * k] * _CAT_CDF[-1]))]
+        cat = _CATEGORIES[bisect.bisect(_CAT_CDF, u[1 + 3 * k] * _CAT_CDF[-1])]
         if cat in GENERIC:
             bank = GENERIC[cat]
         else:
@@ -331,10 +334,10 @@ def _response(topic: str, topics: tuple[str, ...], u: np.ndarray) -> str:
                 others = [x for x in topics if x != topic]
                 t = others[int(u[3 + 3 * k] * len(others))]
             bank = _TOPIC_BANKS[t][2 if cat == "wrong" else 1]
-        j = int(u[2 + 3 * k] * len(bank))
-        while any(s == bank[j] for _, s in parts):  # no repeated sentence
-            j = (j + 1) % len(bank)
-        parts.append((_ORDER[cat], bank[j]))
+        used = {s for _, s in parts}
+        free = [s for s in bank if s not in used]  # no repeated sentence
+        if free:
+            parts.append((_ORDER[cat], free[int(u[2 + 3 * k] * len(free))]))
     parts.sort(key=lambda p: p[0])  # greeting first, then advice, hedges last
     return " ".join(s for _, s in parts)
 
@@ -371,23 +374,23 @@ def load_builtin_preferences(
     if not isinstance(temperature, int | float) or not temperature > 0:
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     topics = BUILTIN_TOPICS if domain == "in" else OOD_TOPICS
-    rng = np.random.default_rng(seed)
-    topic_idx = rng.integers(len(topics), size=n_pairs)
-    task_u, template_idx = rng.random(n_pairs), rng.integers(len(PROMPT_TEMPLATES), size=n_pairs)
-    u = rng.random((n_pairs, 2, 13))
-    label_u = rng.random(n_pairs)
+    rng = np.random.default_rng(seed if domain == "in" else (seed, 1))
+    topic_idx = rng.integers(len(topics), size=n_pairs).tolist()
+    template_idx = rng.integers(len(PROMPT_TEMPLATES), size=n_pairs).tolist()
+    task_u, label_u = rng.random(n_pairs).tolist(), rng.random(n_pairs).tolist()
+    u = rng.random((n_pairs, 2, 13)).tolist()
     cols: dict[str, list] = {c: [] for c in ("prompt", "chosen", "rejected", "gold_chosen",
                                               "gold_rejected", "topic")}  # fmt: skip
     for i in range(n_pairs):
         topic = topics[topic_idx[i]]
         tasks = _TOPIC_BANKS[topic][0]
         prompt = PROMPT_TEMPLATES[template_idx[i]].format(tasks[int(task_u[i] * len(tasks))])
-        a, b = _response(topic, topics, u[i, 0]), _response(topic, topics, u[i, 1])
+        a, b = _response(topic, topics, u[i][0]), _response(topic, topics, u[i][1])
         ga, gb = gold_reward(prompt, a), gold_reward(prompt, b)
         while a == b or abs(ga - gb) < 1e-6:  # redraw b until the pair is informative
-            b = _response(topic, topics, rng.random(13))
+            b = _response(topic, topics, rng.random(13).tolist())
             gb = gold_reward(prompt, b)
-        if label_u[i] >= 1.0 / (1.0 + np.exp(-(ga - gb) / temperature)):
+        if label_u[i] >= 1.0 / (1.0 + math.exp(-(ga - gb) / temperature)):
             a, b, ga, gb = b, a, gb, ga  # b won the Bradley–Terry draw
         for c, v in zip(cols, (prompt, a, b, ga, gb, topic), strict=True):
             cols[c].append(v)

@@ -39,8 +39,14 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
-from auq._validation import check_probability
-from auq.calibration._base import STATE_VERSION, Source, resolve_labels, resolve_margins
+from auq._validation import check_choice, check_probability
+from auq.calibration._base import (
+    SOURCES,
+    STATE_VERSION,
+    Source,
+    resolve_labels,
+    resolve_margins,
+)
 from auq.metrics._common import as_float_array, check_same_length
 from auq.types import PreferencePrediction, RewardPrediction
 
@@ -120,9 +126,7 @@ def _mean_and_scale(pred: Any, scale: Any, name: str) -> tuple[np.ndarray, np.nd
     sd = as_float_array("scale", scale)
     check_same_length(**{name: mu, "scale": sd})
     if (sd <= 0).any():
-        raise ValueError(
-            f"scale must be positive, got {int((sd <= 0).sum())} non-positive entries"
-        )
+        raise ValueError(f"scale must be positive, got {int((sd <= 0).sum())} non-positive entries")
     return mu, sd
 
 
@@ -183,7 +187,9 @@ class ConformalInterval:
                 "This ConformalInterval is not fitted yet; call fit(pred_mean, y_true) first"
             )
 
-    def predict_interval(self, pred_mean: Any, *, scale: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict_interval(
+        self, pred_mean: Any, *, scale: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Intervals for new predictions.
 
         Parameters
@@ -260,7 +266,7 @@ class ConformalPreference:
 
     def __init__(self, *, alpha: float = 0.1, source: Source = "logit") -> None:
         self.alpha = check_probability("alpha", alpha, inclusive=False)
-        self.source = source
+        self.source = check_choice("source", source, SOURCES)
 
     def fit(self, margins: Any, labels: Any = None) -> ConformalPreference:
         """Compute the threshold on calibration pairs.

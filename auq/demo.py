@@ -49,18 +49,26 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, float]:
     ood = load_builtin_preferences(config.n_ood, seed=config.seed + 1, domain="ood")
     backbone = config.backbone or str(default_backbone_path())
     print(f"backbone: {backbone}")
-    print(f"data: {len(train)} train / {len(val)} validation / {len(test)} test pairs, "
-          f"{len(ood)} out-of-distribution pairs")
+    print(
+        f"data: {len(train)} train / {len(val)} validation / {len(test)} test pairs, "
+        f"{len(ood)} out-of-distribution pairs"
+    )
 
     rm = RewardModel.from_backbone(
-        backbone, uq="heads", n_members=config.n_members, hidden_size=config.hidden_size,
-        bootstrap=True, seed=config.seed,
+        backbone,
+        uq="heads",
+        n_members=config.n_members,
+        hidden_size=config.hidden_size,
+        bootstrap=True,
+        seed=config.seed,
     )
     rm.fit(train, eval_dataset=val, epochs=config.epochs, progress=config.progress)
     test_pred = rm.predict(test, progress=config.progress)
     ood_pred = rm.predict(ood, progress=config.progress)
 
-    gold_prefers_chosen = np.asarray(test.column("gold_chosen")) > np.asarray(test.column("gold_rejected"))
+    gold_prefers_chosen = np.asarray(test.column("gold_chosen")) > np.asarray(
+        test.column("gold_rejected")
+    )
     predicted_chosen = test_pred.correct.numpy()
     errors = ~predicted_chosen
     in_unc = test_pred.margin_std.numpy()
@@ -74,10 +82,13 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, float]:
         "margin_std_ood": float(ood_unc.mean()),
         "epistemic_entropy_in": float(test_pred.epistemic.mean()),
         "epistemic_entropy_ood": float(ood_pred.epistemic.mean()),
-        "ood_auroc": float(roc_auc_score(
-            np.r_[np.zeros_like(in_unc), np.ones_like(ood_unc)], np.r_[in_unc, ood_unc]
-        )),
-        "error_auroc": float(roc_auc_score(errors, in_unc)) if 0 < errors.sum() < len(errors)
+        "ood_auroc": float(
+            roc_auc_score(
+                np.r_[np.zeros_like(in_unc), np.ones_like(ood_unc)], np.r_[in_unc, ood_unc]
+            )
+        ),
+        "error_auroc": float(roc_auc_score(errors, in_unc))
+        if 0 < errors.sum() < len(errors)
         else float("nan"),
         "seconds": time.perf_counter() - start,
     }
@@ -92,14 +103,18 @@ def _print_report(r: dict[str, float], rm) -> None:
     best = rm.history_.best_epoch if rm.history_ is not None else None
     print()
     print(f"Reward model: {rm.config.n_members} heads on a frozen backbone (best epoch {best})")
-    print(f"  held-out accuracy           {r['heldout_accuracy']:.3f}   "
-          f"(gold-reward ceiling {r['gold_ceiling']:.3f}, chance 0.500)")
+    print(
+        f"  held-out accuracy           {r['heldout_accuracy']:.3f}   "
+        f"(gold-reward ceiling {r['gold_ceiling']:.3f}, chance 0.500)"
+    )
     print(f"  agreement with gold reward  {r['agreement_with_gold']:.3f}")
     print(f"  out-of-distribution acc.    {r['ood_accuracy']:.3f}")
     print("Uncertainty (epistemic, across members)")
     print(f"  margin std  in / OOD        {r['margin_std_in']:.3f} / {r['margin_std_ood']:.3f}")
-    print(f"  mutual info in / OOD        {r['epistemic_entropy_in']:.4f} / "
-          f"{r['epistemic_entropy_ood']:.4f} nats")
+    print(
+        f"  mutual info in / OOD        {r['epistemic_entropy_in']:.4f} / "
+        f"{r['epistemic_entropy_ood']:.4f} nats"
+    )
     print(f"  OOD detection AUROC         {r['ood_auroc']:.3f}")
     print(f"  error detection AUROC       {r['error_auroc']:.3f}")
     print(f"done in {r['seconds']:.0f} s")

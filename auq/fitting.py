@@ -61,7 +61,8 @@ class FitConfig:
         unknown = sorted(set(changes) - valid)
         if unknown:
             raise TypeError(
-                f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+                f"unknown training option(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(valid))}"
             )
         return replace(self, **changes)
 
@@ -120,9 +121,11 @@ def fit_pairs(
     -------
     FitHistory
     """
-    params = parameters if parameters is not None else [
-        p for p in module.parameters() if p.requires_grad
-    ]
+    params = (
+        parameters
+        if parameters is not None
+        else [p for p in module.parameters() if p.requires_grad]
+    )
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     history = FitHistory()

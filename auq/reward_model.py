@@ -204,7 +204,9 @@ class RewardModel(nn.Module):
         )
         return tokens, n
 
-    def features(self, dataset: PreferenceDataset, *, progress: bool = False) -> tuple[Tensor, Tensor]:
+    def features(
+        self, dataset: PreferenceDataset, *, progress: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Backbone features of the chosen and rejected responses, each (B, d)."""
         tokens, n = self._pair_tokens(dataset)
         phi = self.backbone.encode(tokens, progress=progress)
@@ -289,7 +291,9 @@ class RewardModel(nn.Module):
             with torch.no_grad():
                 r = self.head(self.backbone.encode(etokens))
                 margins = r[:, :m] - r[:, m:]
-            return float(bradley_terry_loss(margins).mean()), float((margins.mean(0) > 0).float().mean())
+            return float(bradley_terry_loss(margins).mean()), float(
+                (margins.mean(0) > 0).float().mean()
+            )
 
         history = fit_pairs(
             self,
@@ -304,7 +308,9 @@ class RewardModel(nn.Module):
 
     # -- inference --------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, dataset: PreferenceDataset, *, progress: bool = False) -> PreferencePrediction:
+    def predict(
+        self, dataset: PreferenceDataset, *, progress: bool = False
+    ) -> PreferencePrediction:
         """Preference predictions for every pair of ``dataset``.
 
         Returns
@@ -405,7 +411,10 @@ class RewardModel(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"backbone={c.backbone!r}, uq={c.uq!r}, n_members={c.n_members}, finetune={c.finetune!r}"
+        return (
+            f"backbone={c.backbone!r}, uq={c.uq!r}, n_members={c.n_members}, "
+            f"finetune={c.finetune!r}"
+        )
 
 
 def _require_dataset(value, name: str = "dataset") -> None:

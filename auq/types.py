@@ -63,6 +63,7 @@ class RewardPrediction:
     method: str = ""
     _samples: Tensor | None = field(default=None, repr=False)
     _sampler: Sampler | None = field(default=None, repr=False)
+    _closed_form: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mean.ndim != 1:
@@ -104,7 +105,14 @@ class RewardPrediction:
 
         Without a sampler, samples are drawn independently from N(mean, var).
         """
-        return cls(mean=mean, var=var, aleatoric=aleatoric, method=method, _sampler=sampler)
+        return cls(
+            mean=mean,
+            var=var,
+            aleatoric=aleatoric,
+            method=method,
+            _sampler=sampler,
+            _closed_form=True,
+        )
 
     # -- samples ---------------------------------------------------------------
     @property
@@ -123,6 +131,11 @@ class RewardPrediction:
             return self._samples[idx.to(self._samples.device)]
         eps = torch.randn((n, *self.mean.shape), generator=generator, dtype=self.mean.dtype)
         return self.mean + eps.to(self.mean.device) * self.var.sqrt()
+
+    @property
+    def is_sample_based(self) -> bool:
+        """True when the rewards come as stored draws (ensembles), False when closed-form."""
+        return not self._closed_form
 
     @property
     def n_samples(self) -> int:
@@ -153,6 +166,7 @@ class RewardPrediction:
             method=self.method,
             _samples=None if self._samples is None else self._samples[:, index],
             _sampler=None if self._sampler is None else _sliced(self._sampler, index),
+            _closed_form=self._closed_form,
         )
 
     def to(self, device: torch.device | str) -> RewardPrediction:
@@ -195,6 +209,7 @@ class PreferencePrediction:
     method: str = ""
     _margin_samples: Tensor | None = field(default=None, repr=False)
     _sampler: Sampler | None = field(default=None, repr=False)
+    _closed_form: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.margin_mean.ndim != 1:
@@ -263,6 +278,7 @@ class PreferencePrediction:
             rejected=rejected,
             method=method,
             _sampler=sampler,
+            _closed_form=True,
         )
 
     @property
@@ -282,6 +298,11 @@ class PreferencePrediction:
         eps = torch.randn((n, *self.margin_mean.shape), generator=generator)
         eps = eps.to(self.margin_mean)
         return self.margin_mean + eps * self.margin_var.sqrt()
+
+    @property
+    def is_sample_based(self) -> bool:
+        """True when the margins come as stored draws (ensembles), False when Gaussian-closed-form."""
+        return not self._closed_form
 
     @property
     def margin_std(self) -> Tensor:
@@ -323,6 +344,7 @@ class PreferencePrediction:
                 None if self._margin_samples is None else self._margin_samples[:, index]
             ),
             _sampler=None if self._sampler is None else _sliced(self._sampler, index),
+            _closed_form=self._closed_form,
         )
 
     def to(self, device: torch.device | str) -> PreferencePrediction:

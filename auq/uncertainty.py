@@ -81,7 +81,9 @@ def reward_moments(samples: Tensor) -> tuple[Tensor, Tensor]:
     return mean, var
 
 
-def preference_entropies_from_samples(margin_samples: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def preference_entropies_from_samples(
+    margin_samples: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Predictive probability and entropy decomposition from margin draws.
 
     Parameters
@@ -146,7 +148,9 @@ def gaussian_logistic_expectations(
     nodes, weights = np.polynomial.hermite_e.hermegauss(n_points)  # ∫ f(z) e^{-z²/2} dz
     z = torch.as_tensor(nodes, dtype=torch.float64, device=mean.device)
     w = torch.as_tensor(weights / math.sqrt(2 * math.pi), dtype=torch.float64, device=mean.device)
-    delta = mean.double()[None, :] + var.double().clamp_min(0).sqrt()[None, :] * z[:, None]  # (Q, B)
+    delta = (
+        mean.double()[None, :] + var.double().clamp_min(0).sqrt()[None, :] * z[:, None]
+    )  # (Q, B)
     prob = (w[:, None] * torch.sigmoid(delta)).sum(0)
     aleatoric = (w[:, None] * binary_entropy_from_logits(delta)).sum(0)
     total = _entropy_of_probability(prob)

@@ -10,8 +10,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one core per worker
@@ -50,8 +50,12 @@ def tiny_bert_dir(tmp_path_factory, minilm_path):
     tok = AutoTokenizer.from_pretrained(minilm_path)
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=256,
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
     )
     BertModel(config).save_pretrained(path)
     tok.save_pretrained(path)
@@ -67,7 +71,8 @@ def _byte_level_tokenizer(chat_template: str | None = None):
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"],
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tk.train_from_iterator(_CORPUS * 4, trainer)
@@ -103,7 +108,12 @@ def tiny_trl_checkpoint_dir(tmp_path_factory):
     tok.pad_token = tok.eos_token
     torch.manual_seed(1)
     config = GPT2Config(
-        vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=256, num_labels=1,
+        vocab_size=len(tok),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=256,
+        num_labels=1,
         pad_token_id=tok.pad_token_id,
     )
     model = GPT2ForSequenceClassification(config)
@@ -121,8 +131,13 @@ def tiny_bert_trl_checkpoint_dir(tmp_path_factory, minilm_path):
     tok = AutoTokenizer.from_pretrained(minilm_path)
     torch.manual_seed(2)
     config = BertConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=256, num_labels=1,
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        num_labels=1,
     )
     BertForSequenceClassification(config).save_pretrained(path)
     tok.save_pretrained(path)

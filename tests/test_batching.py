@@ -67,7 +67,9 @@ def test_collate_pads_right_with_masks(bert_tok):
     enc = TextEncoder(bert_tok, max_length=32, pair_encoding=True)
     tok = enc.encode(["a", "a much longer prompt here"], ["b", "c"])
     batch = collate(tok, [0, 1], pad_token_id=0)
-    assert batch["input_ids"].shape == batch["attention_mask"].shape == batch["token_type_ids"].shape
+    assert (
+        batch["input_ids"].shape == batch["attention_mask"].shape == batch["token_type_ids"].shape
+    )
     lengths = tok.lengths
     assert batch["attention_mask"].sum(1).tolist() == lengths.tolist()
-    assert batch["input_ids"][0, lengths[0]:].eq(0).all()
+    assert batch["input_ids"][0, lengths[0] :].eq(0).all()

@@ -71,9 +71,9 @@ def test_trl_checkpoint_loads_and_scores_like_the_original(tiny_trl_checkpoint_d
     rp = rm.score(test.prompts[:6], test.chosen[:6])
     ref = AutoModelForSequenceClassification.from_pretrained(tiny_trl_checkpoint_dir).eval()
     tokens = rm.backbone.tokenize(test.prompts[:6], test.chosen[:6])
-    expected = torch.stack([
-        ref(input_ids=torch.tensor([ids])).logits[0, 0].detach() for ids in tokens.input_ids
-    ])
+    expected = torch.stack(
+        [ref(input_ids=torch.tensor([ids])).logits[0, 0].detach() for ids in tokens.input_ids]
+    )
     torch.testing.assert_close(rp.mean, expected, rtol=1e-4, atol=1e-5)
     assert torch.all(rp.var < 1e-8)  # members start as copies of the checkpoint head
     assert rm.head.bootstrap  # so fitting makes them differ
@@ -83,20 +83,29 @@ def test_trl_checkpoint_loads_and_scores_like_the_original(tiny_trl_checkpoint_d
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])
-def test_finetuning_changes_the_backbone_and_round_trips(finetune, tiny_bert_dir, builtin_small, tmp_path):
+def test_finetuning_changes_the_backbone_and_round_trips(
+    finetune, tiny_bert_dir, builtin_small, tmp_path
+):
     train, test = builtin_small
     rm = auq.RewardModel.from_backbone(tiny_bert_dir, n_members=2, finetune=finetune, lora_r=4)
     before = rm.score(test.prompts[:4], test.chosen[:4]).mean
-    rm.fit(train.select(range(32)), eval_dataset=test.select(range(16)), epochs=1, lr=1e-3,
-           batch_size=8, progress=False)
+    rm.fit(
+        train.select(range(32)),
+        eval_dataset=test.select(range(16)),
+        epochs=1,
+        lr=1e-3,
+        batch_size=8,
+        progress=False,
+    )
     trainable = [n for n, p in rm.backbone.named_parameters() if p.requires_grad]
     assert trainable and (finetune == "full" or all("lora" in n for n in trainable))
     after = rm.score(test.prompts[:4], test.chosen[:4]).mean
     assert not torch.allclose(before, after)
     rm.save_pretrained(tmp_path)
     loaded = auq.RewardModel.from_pretrained(tmp_path)
-    torch.testing.assert_close(loaded.score(test.prompts[:4], test.chosen[:4]).mean, after,
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        loaded.score(test.prompts[:4], test.chosen[:4]).mean, after, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_frozen_fit_leaves_backbone_untouched(tiny_bert_dir, builtin_small):
@@ -142,7 +151,9 @@ def test_bad_options_fail_early(tiny_bert_dir, kwargs, error, message):
 
 def test_fit_rejects_non_datasets_and_unknown_options(tiny_bert_dir, builtin_small):
     rm = auq.RewardModel.from_backbone(tiny_bert_dir, n_members=2)
-    with pytest.raises(TypeError, match="train_dataset: expected an auq.PreferenceDataset, got list"):
+    with pytest.raises(
+        TypeError, match="train_dataset: expected an auq.PreferenceDataset, got list"
+    ):
         rm.fit([{"prompt": "a", "chosen": "b", "rejected": "c"}])
     with pytest.raises(TypeError, match="unknown training option.*epoch"):
         rm.fit(builtin_small[0], epoch=3)

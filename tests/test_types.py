@@ -77,3 +77,11 @@ def test_preference_indexing_and_summary():
     assert len(sub) == 2 and sub.margin_samples.shape == (4, 2)
     summary = pp.summary()
     assert set(summary) >= {"accuracy", "entropy_epistemic"}
+
+
+def test_sample_based_flag_survives_sampling_and_indexing():
+    closed = PreferencePrediction.from_gaussian_margin(torch.zeros(3), torch.ones(3))
+    _ = closed.margin_samples  # drawn and cached
+    assert not closed.is_sample_based and not closed[:2].is_sample_based
+    assert PreferencePrediction.from_margin_samples(torch.randn(4, 3)).is_sample_based
+    assert not RewardPrediction.from_moments(torch.zeros(2), torch.ones(2)).is_sample_based

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.exceptions import NotFittedError
 
 from auq._validation import check_choice
-from auq.metrics._common import as_binary_labels, as_float_array, check_same_length
+from auq.metrics._common import as_binary_labels, as_float_array
 from auq.types import PreferencePrediction
 
 __all__ = ["BaseCalibrator", "NotFittedError", "resolve_labels", "resolve_margins", "symmetrize"]
@@ -91,8 +91,7 @@ class BaseCalibrator:
         y = resolve_labels(labels, len(m))
         if len(m) < self.min_pairs:
             raise ValueError(
-                f"{type(self).__name__} needs at least {self.min_pairs} pairs to fit, "
-                f"got {len(m)}"
+                f"{type(self).__name__} needs at least {self.min_pairs} pairs to fit, got {len(m)}"
             )
         self._fit(m, y)
         self.n_pairs_ = len(m)
@@ -173,7 +172,9 @@ class BaseCalibrator:
             )
         obj = cls(**state.get("params", {}))
         for name, value in state["fitted"].items():
-            setattr(obj, name, np.asarray(value, dtype=np.float64) if isinstance(value, list) else value)
+            setattr(
+                obj, name, np.asarray(value, dtype=np.float64) if isinstance(value, list) else value
+            )
         return obj
 
     def __repr__(self) -> str:

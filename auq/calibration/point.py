@@ -83,9 +83,9 @@ class TemperatureScaler(BaseCalibrator):
     """Temperature scaling ``g(Δ) = σ(Δ / T)`` with ``T > 0``.
 
     ``T`` is parametrised as ``exp(θ)`` and fitted by minimising the NLL with
-    L-BFGS-B (scipy) using the exact gradient; ``θ`` is bounded to [−15, 15]
-    (a warning is raised when the bound is hit, i.e. when the margins separate
-    the labels perfectly).
+    L-BFGS-B (scipy) using the exact gradient; ``θ`` is bounded to [−15, 15].
+    When the margins separate the labels perfectly (every pair ranked right)
+    the NLL has no minimum; ``T`` is then set to ``e^−15`` with a warning.
 
     Parameters
     ----------
@@ -114,6 +114,16 @@ class TemperatureScaler(BaseCalibrator):
             # d/dθ softplus(−z) = σ(−z)·z
             return float(np.mean(np.logaddexp(0.0, -z))), np.array([np.mean(expit(-z) * z)])
 
+        if sm.min() > 0:  # every label agrees with its margin: the NLL falls as T → 0
+            warnings.warn(
+                "the margins separate the labels perfectly, so the NLL is minimised as T → 0; "
+                f"temperature_ is set to its lower bound exp(-{_LOG_T_BOUND:g}). "
+                "PlattScaler (smoothed targets) gives a finite slope on such data",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.temperature_ = float(np.exp(-_LOG_T_BOUND))
+            return
         res = minimize(
             nll_and_grad,
             x0=np.zeros(1),
@@ -123,13 +133,6 @@ class TemperatureScaler(BaseCalibrator):
             options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 500},
         )
         theta = float(res.x[0])
-        if abs(theta) >= _LOG_T_BOUND - 1e-6:
-            warnings.warn(
-                f"temperature_ hit its bound exp({theta:+.0f}); the margins separate the "
-                "labels perfectly (or carry no signal)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
         self.temperature_ = float(np.exp(theta))
 
     def _logit(self, margins: np.ndarray) -> np.ndarray:

@@ -20,8 +20,6 @@ import math
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from auq._validation import check_choice
 from auq.calibration._base import STATE_VERSION, NotFittedError, resolve_labels
@@ -33,44 +31,61 @@ Mode = Literal["auto", "samples", "gaussian"]
 _LOG_BOUND = 10.0
 
 
-def _components(pred: PreferencePrediction, mode: str, n_points: int) -> tuple[Tensor, ...]:
-    """``(μ (B,), deviations (Q, B), log-weights (Q, 1))`` in float64 on the CPU."""
+def _components(
+    pred: PreferencePrediction, mode: str, n_points: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(μ (B,), deviations (Q, B), log-weights (Q, 1))`` as float64 NumPy arrays."""
     if not isinstance(pred, PreferencePrediction):
         raise ValueError(
             f"pred must be a PreferencePrediction, got {type(pred).__name__}; "
             "for raw margins use TemperatureScaler"
         )
     if _resolve_mode(pred, mode) == "samples":
-        samples = pred.margin_samples.detach().double().cpu()  # (S, B)
+        samples = pred.margin_samples.detach().double().cpu().numpy()  # (S, B)
         mu = samples.mean(0)
-        logw = torch.full((samples.shape[0], 1), -math.log(samples.shape[0]), dtype=torch.float64)
         dev = samples - mu
+        logw = np.full((samples.shape[0], 1), -math.log(samples.shape[0]))
     else:
         z, w = np.polynomial.hermite_e.hermegauss(n_points)  # ∫ f(z) e^{-z²/2} dz
-        mu = pred.margin_mean.detach().double().cpu()
-        std = pred.margin_var.detach().double().cpu().clamp_min(0).sqrt()
-        dev = torch.as_tensor(z)[:, None] * std[None, :]  # (Q, B)
-        logw = torch.as_tensor(np.log(w / math.sqrt(2 * math.pi)))[:, None]
-    if not (torch.isfinite(mu).all() and torch.isfinite(dev).all()):
+        mu = pred.margin_mean.detach().double().cpu().numpy()
+        std = np.sqrt(np.clip(pred.margin_var.detach().double().cpu().numpy(), 0, None))
+        dev = z[:, None] * std[None, :]  # (Q, B)
+        logw = np.log(w / math.sqrt(2 * math.pi))[:, None]
+    if not (np.isfinite(mu).all() and np.isfinite(dev).all()):
         raise ValueError("pred contains NaN or infinite margins")
     return mu, dev, logw
 
 
 def _resolve_mode(pred: PreferencePrediction, mode: str) -> str:
     if mode == "auto":
-        return "samples" if pred._margin_samples is not None else "gaussian"
+        return "samples" if pred.is_sample_based else "gaussian"
     return mode
 
 
-def _log_probs(mu: Tensor, dev: Tensor, logw: Tensor, log_s: Tensor, log_t: Tensor):
-    """``log E[σ(Δ')]`` and ``log E[σ(−Δ')]``, each shape (B,)."""
-    delta = mu * torch.exp(-log_t) + torch.exp(log_s) * dev  # (Q, B)
-    logsig = torch.nn.functional.logsigmoid
-    return (
-        torch.logsumexp(logsig(delta) + logw, 0),
-        torch.logsumexp(logsig(-delta) + logw, 0),
-    )
+def _nll_and_grad(
+    theta: np.ndarray, mu: np.ndarray, dev: np.ndarray, logw: np.ndarray, y: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """NLL of ``p̄ = E[σ(Δ')]``, its gradient in ``θ = (log s[, log T])``, and ``log p̄`` (B,).
 
+    ``Δ' = μ·exp(−log T) + exp(log s)·dev``; with ``r = w σ(Δ') / p̄`` and
+    ``r' = w σ(−Δ') / (1 − p̄)`` the derivative of ``log p̄`` in ``Δ'`` is
+    ``r σ(−Δ')`` and that of ``log(1 − p̄)`` is ``−r' σ(Δ')``.
+    """
+    from scipy.special import expit, log_expit, logsumexp
+
+    s = math.exp(theta[0])
+    inv_t = math.exp(-theta[1]) if len(theta) > 1 else 1.0
+    delta = mu * inv_t + s * dev  # (Q, B)
+    a, b = log_expit(delta) + logw, log_expit(-delta) + logw
+    lp, lq = logsumexp(a, axis=0), logsumexp(b, axis=0)
+    n = len(y)
+    nll = -float(np.mean(y * lp + (1 - y) * lq))
+    # dL/dΔ' per node and pair, shape (Q, B)
+    g = -(y * np.exp(a - lp) * expit(-delta) - (1 - y) * np.exp(b - lq) * expit(delta)) / n
+    grad = [float(np.sum(g * dev) * s)]
+    if len(theta) > 1:
+        grad.append(float(-np.sum(g * mu) * inv_t))
+    return nll, np.array(grad), lp
 
 
 class SpreadScaler:
@@ -122,21 +137,13 @@ class SpreadScaler:
         from scipy.optimize import minimize
 
         mu, dev, logw = _components(pred, self.mode, self.n_points)
-        y = torch.as_tensor(resolve_labels(labels, len(mu)))
+        y = resolve_labels(labels, len(mu))
         if len(mu) < self.min_pairs:
             raise ValueError(f"SpreadScaler needs at least {self.min_pairs} pairs, got {len(mu)}")
 
-        def nll_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
-            theta = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-            log_t = theta[1] if self.fit_temperature else torch.zeros((), dtype=torch.float64)
-            lp, lq = _log_probs(mu, dev, logw, theta[0], log_t)
-            loss = -(y * lp + (1 - y) * lq).mean()
-            loss.backward()
-            return float(loss), theta.grad.numpy().copy()
-
         n_par = 2 if self.fit_temperature else 1
         res = minimize(
-            nll_and_grad,
+            lambda x: _nll_and_grad(x, mu, dev, logw, y)[:2],
             np.zeros(n_par),
             jac=True,
             method="L-BFGS-B",
@@ -158,9 +165,8 @@ class SpreadScaler:
         """Calibrated ``E[σ(Δ')]``, shape (B,)."""
         self._check_fitted()
         mu, dev, logw = _components(pred, self.mode, self.n_points)
-        log_s = torch.tensor(math.log(self.spread_), dtype=torch.float64)
-        log_t = torch.tensor(math.log(self.temperature_), dtype=torch.float64)
-        return _log_probs(mu, dev, logw, log_s, log_t)[0].exp().numpy()
+        theta = np.log([self.spread_, self.temperature_])
+        return np.exp(_nll_and_grad(theta, mu, dev, logw, np.ones(len(mu)))[2])
 
     def transform(self, pred: PreferencePrediction) -> PreferencePrediction:
         """A new prediction with the spread (and mean) rescaled.
@@ -175,7 +181,10 @@ class SpreadScaler:
         _components(pred, self.mode, self.n_points)  # validates
         s, t = self.spread_, self.temperature_
         mu = pred.margin_mean
-        sides = {"chosen": _scale_reward(pred.chosen, s, t), "rejected": _scale_reward(pred.rejected, s, t)}
+        sides = {
+            "chosen": _scale_reward(pred.chosen, s, t),
+            "rejected": _scale_reward(pred.rejected, s, t),
+        }
         if _resolve_mode(pred, self.mode) == "samples":
             samples = pred.margin_samples
             mu = samples.mean(0)

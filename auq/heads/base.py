@@ -85,6 +85,7 @@ class PreferenceHead(torch.nn.Module, ABC):
 
         The default scores both sides with the *same* member / posterior draw, so
         margin samples ``Δ_s = r_s(chosen) − r_s(rejected)`` keep the covariance.
+        Per-member features of shape (K, B, d) (backbone-level ensembles) work too.
         """
         self._check_features("phi_chosen", phi_chosen)
         self._check_features("phi_rejected", phi_rejected)
@@ -93,28 +94,33 @@ class PreferenceHead(torch.nn.Module, ABC):
                 f"phi_chosen and phi_rejected must have the same shape, got "
                 f"{tuple(phi_chosen.shape)} and {tuple(phi_rejected.shape)}"
             )
-        b = phi_chosen.shape[0]
-        both = self.predict(torch.cat([phi_chosen, phi_rejected]))  # (S, 2B)
+        b = phi_chosen.shape[-2]
+        both = self.predict(torch.cat([phi_chosen, phi_rejected], dim=-2))  # (S, 2B)
         samples = both.samples
         return PreferencePrediction.from_margin_samples(
             samples[:, :b] - samples[:, b:], chosen=both[:b], rejected=both[b:], method=self.method
         )
 
     def fit_standardization(self, phi: Tensor) -> None:
-        """Set ``feature_mean``/``feature_scale`` from features of shape (N, d)."""
+        """Set ``feature_mean``/``feature_scale`` from features of shape (..., N, d)."""
         if not self.standardize:
             return
-        self.feature_mean.copy_(phi.mean(0))
-        self.feature_scale.copy_(phi.std(0, unbiased=False).clamp_min(1e-6))
+        flat = phi.reshape(-1, phi.shape[-1])
+        self.feature_mean.copy_(flat.mean(0))
+        self.feature_scale.copy_(flat.std(0, unbiased=False).clamp_min(1e-6))
 
     def standardize_features(self, phi: Tensor) -> Tensor:
         """(φ − mean) / scale, shape (N, d)."""
         return (phi - self.feature_mean) / self.feature_scale
 
+    #: whether ``predict`` also takes per-member features of shape (K, N, d)
+    accepts_member_features: ClassVar[bool] = False
+
     def _check_features(self, name: str, phi: Tensor) -> None:
         if not isinstance(phi, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor of shape (N, {self.in_features})")
-        if phi.ndim != 2 or phi.shape[1] != self.in_features:
+        ndims = (2, 3) if self.accepts_member_features else (2,)
+        if phi.ndim not in ndims or phi.shape[-1] != self.in_features:
             raise ValueError(
                 f"{name} must have shape (N, {self.in_features}), got {tuple(phi.shape)}"
             )

@@ -65,6 +65,7 @@ class EnsembleHead(PreferenceHead):
     """
 
     method = "heads"
+    accepts_member_features = True
 
     def __init__(
         self,
@@ -121,17 +122,27 @@ class EnsembleHead(PreferenceHead):
 
         Parameters
         ----------
-        phi : Tensor, shape (N, d)
+        phi : Tensor, shape (N, d), or (K, N, d)
+            Shared features, or one feature set per member (backbone-level
+            ensembles; with a single head, (T, N, d) stochastic passes share it).
 
         Returns
         -------
-        Tensor, shape (K, N)
+        Tensor, shape (K, N) (or (T, N)).
         """
         x = self.standardize_features(phi.to(self.w_out.dtype))
-        if self.w_in is None:
-            return torch.einsum("nd,kd->kn", x, self.w_out) + self.b_out[:, None]
-        h = F.gelu(torch.einsum("nd,kdh->knh", x, self.w_in) + self.b_in[:, None, :])
-        return torch.einsum("knh,kh->kn", h, self.w_out) + self.b_out[:, None]
+        w_out, b_out, w_in, b_in = self.w_out, self.b_out, self.w_in, self.b_in
+        per_member = x.ndim == 3
+        if per_member and self.n_members == 1 and x.shape[0] > 1:  # one head, T passes
+            t = x.shape[0]
+            w_out, b_out = w_out.expand(t, *w_out.shape[1:]), b_out.expand(t)
+            if w_in is not None:
+                w_in, b_in = w_in.expand(t, *w_in.shape[1:]), b_in.expand(t, -1)
+        n = "kn" if per_member else "n"
+        if w_in is None:
+            return torch.einsum(f"{n}d,kd->kn", x, w_out) + b_out[:, None]
+        h = F.gelu(torch.einsum(f"{n}d,kdh->knh", x, w_in) + b_in[:, None, :])
+        return torch.einsum("knh,kh->kn", h, w_out) + b_out[:, None]
 
     def predict(self, phi: Tensor) -> RewardPrediction:
         """Rewards of N responses, one sample row per member.
@@ -197,13 +208,13 @@ class EnsembleHead(PreferenceHead):
                 f"{tuple(phi_chosen.shape)} and {tuple(phi_rejected.shape)}"
             )
         config = (config or FitConfig()).replace(**config_overrides)
-        n = phi_chosen.shape[0]
-        self._restandardize(torch.cat([phi_chosen, phi_rejected]).float())
+        n = phi_chosen.shape[-2]
+        self._restandardize(torch.cat([phi_chosen, phi_rejected], dim=-2).float())
         member_weight = self._bootstrap_weights(n)  # (K, B) or None
         pair_weight = None if weight is None else weight.float()
 
         def batch_loss(idx: Tensor) -> tuple[Tensor, Tensor]:
-            r = self(torch.cat([phi_chosen[idx], phi_rejected[idx]]))  # (K, 2b)
+            r = self(torch.cat([phi_chosen[..., idx, :], phi_rejected[..., idx, :]], dim=-2))
             rc, rr = r[:, : len(idx)], r[:, len(idx) :]
             w = None if member_weight is None else member_weight[:, idx]
             if pair_weight is not None:

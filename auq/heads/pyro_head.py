@@ -10,7 +10,7 @@ Model (:class:`BradleyTerryModel`)
 Inference
     ``inference="svi"``: ``Trace_ELBO`` with ``AutoNormal`` / ``AutoLowRankMultivariateNormal``
     / ``AutoMultivariateNormal`` (``guide="normal" | "lowrank" | "mvn"``), Adam with the
-    learning rate decayed ×0.1 over ``num_steps``, full batch.
+    learning rate decayed geometrically (×``lr_decay``) over ``num_steps``, full batch.
     ``inference="nuts"``: ``MCMC(NUTS(model))`` for small heads.
 
 After fitting, ``num_samples`` posterior weight draws live in the buffer
@@ -28,7 +28,7 @@ Global state
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -43,17 +43,19 @@ from pyro.infer.autoguide import (
     AutoMultivariateNormal,
     AutoNormal,
 )
+from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from pyro.nn import PyroModule, PyroSample
 from torch import Tensor
 
 from auq._validation import check_choice, check_positive_int
 from auq.heads.base import PreferenceHead, register_head
-from auq.heads.laplace import _pair_inputs
+from auq.heads.laplace import _newton_map, _pair_inputs
 from auq.types import RewardPrediction
 
 __all__ = ["BradleyTerryModel", "PyroHead"]
 
 INFERENCE_CHOICES = ("svi", "nuts")
+INIT_CHOICES = ("map", "prior")
 GUIDES = {
     "normal": AutoNormal,
     "lowrank": AutoLowRankMultivariateNormal,
@@ -105,7 +107,7 @@ class BradleyTerryModel(PyroModule):
 @contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed Pyro/torch/NumPy/Python RNGs for a block and restore them afterwards."""
-    py_state, np_state = random.getstate(), np.random.get_state()
+    py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         try:
@@ -113,7 +115,7 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
             yield
         finally:
             random.setstate(py_state)
-            np.random.set_state(np_state)
+            np.random.set_state(np_state)  # noqa: NPY002
 
 
 @register_head
@@ -132,13 +134,19 @@ class PyroHead(PreferenceHead):
     num_steps : int
         SVI optimisation steps (full batch).
     lr : float
-        Initial Adam learning rate (decayed geometrically to ``lr / 10``).
+        Initial Adam learning rate.
+    lr_decay : float
+        Final learning rate as a fraction of ``lr`` (geometric decay over ``num_steps``).
     num_particles : int
         ELBO particles per step (vectorised).
     num_samples : int
         S, posterior weight draws stored after fitting (NUTS: draws kept after warm-up).
     warmup_steps : int
         NUTS warm-up (adaptation) steps.
+    init : {"map", "prior"}
+        Where SVI's guide means / the NUTS chain start: ``"map"`` at the MAP (found by
+        Newton on the same log joint, cheap and deterministic), ``"prior"`` at the
+        prior median (Pyro's default behaviour, slower to converge).
     rank : int, optional
         Rank of the ``"lowrank"`` guide (Pyro's default ``≈ sqrt(d)`` when None).
     seed : int
@@ -167,9 +175,11 @@ class PyroHead(PreferenceHead):
         prior_scale: float = 1.0,
         num_steps: int = 1000,
         lr: float = 0.05,
+        lr_decay: float = 0.01,
         num_particles: int = 1,
         num_samples: int = 256,
         warmup_steps: int = 200,
+        init: str = "map",
         rank: int | None = None,
         seed: int = 0,
         progress: bool = False,
@@ -178,6 +188,7 @@ class PyroHead(PreferenceHead):
         super().__init__(in_features, standardize=standardize)
         self.inference = check_choice("inference", inference, INFERENCE_CHOICES)
         self.guide = check_choice("guide", guide, GUIDES)
+        self.init = check_choice("init", init, INIT_CHOICES)
         if isinstance(prior_scale, bool) or not (
             isinstance(prior_scale, int | float) and prior_scale > 0
         ):
@@ -187,6 +198,11 @@ class PyroHead(PreferenceHead):
         self.prior_scale = float(prior_scale)
         self.num_steps = check_positive_int("num_steps", num_steps)
         self.lr = float(lr)
+        if isinstance(lr_decay, bool) or not (
+            isinstance(lr_decay, int | float) and 0 < lr_decay <= 1
+        ):
+            raise ValueError(f"lr_decay must be a float in (0, 1], got {lr_decay!r}")
+        self.lr_decay = float(lr_decay)
         self.num_particles = check_positive_int("num_particles", num_particles)
         self.num_samples = check_positive_int("num_samples", num_samples)
         self.warmup_steps = check_positive_int("warmup_steps", warmup_steps, minimum=0)
@@ -204,9 +220,11 @@ class PyroHead(PreferenceHead):
             "prior_scale": self.prior_scale,
             "num_steps": self.num_steps,
             "lr": self.lr,
+            "lr_decay": self.lr_decay,
             "num_particles": self.num_particles,
             "num_samples": self.num_samples,
             "warmup_steps": self.warmup_steps,
+            "init": self.init,
             "rank": self.rank,
             "seed": self.seed,
             "progress": self.progress,
@@ -250,18 +268,31 @@ class PyroHead(PreferenceHead):
             _seeded(self.seed, z.device),
         ):
             model = BradleyTerryModel(self.in_features, self.prior_scale, z.device)
+            init_fn = self._init_strategy(args)
             if self.inference == "svi":
-                samples = self._fit_svi(model, args)
+                samples = self._fit_svi(model, args, init_fn)
             else:
-                samples = self._fit_nuts(model, args)
+                samples = self._fit_nuts(model, args, init_fn)
         self.weight_samples = samples.detach().to(self.weight_samples)
         self.is_fitted.fill_(True)
         return self
 
-    def _fit_svi(self, model: BradleyTerryModel, args: tuple[Tensor, ...]) -> Tensor:
+    def _init_strategy(self, args: tuple[Tensor, ...]) -> Callable:
+        """Init strategy: the MAP ``argmax_w log p(w, D)`` (``init="map"``) or the prior median."""
+        if self.init == "prior":
+            return init_to_median
+        z, target, pair_weight = (a.double() for a in args)
+        w0 = torch.zeros(self.in_features, dtype=z.dtype, device=z.device)
+        tau = 1.0 / self.prior_scale**2
+        w_map = _newton_map(z, target, pair_weight, tau, w0, max_iter=100, tol=1e-10)[0]
+        return init_to_value(values={"weight": w_map.to(args[0].dtype)})
+
+    def _fit_svi(
+        self, model: BradleyTerryModel, args: tuple[Tensor, ...], init_fn: Callable
+    ) -> Tensor:
         """SVI with the chosen autoguide; returns guide draws, shape (S, d)."""
         kwargs = {"rank": self.rank} if self.guide == "lowrank" and self.rank else {}
-        guide = GUIDES[self.guide](model, **kwargs)
+        guide = GUIDES[self.guide](model, init_loc_fn=init_fn, **kwargs)
         elbo = Trace_ELBO(
             num_particles=self.num_particles,
             vectorize_particles=self.num_particles > 1,
@@ -269,7 +300,9 @@ class PyroHead(PreferenceHead):
         )(model, guide)
         elbo(*args)  # creates the guide's (module-local) parameters
         optim = torch.optim.Adam(elbo.parameters(), lr=self.lr)
-        decay = torch.optim.lr_scheduler.ExponentialLR(optim, 0.1 ** (1.0 / self.num_steps))
+        decay = torch.optim.lr_scheduler.ExponentialLR(
+            optim, self.lr_decay ** (1.0 / self.num_steps)
+        )
         steps = range(self.num_steps)
         if self.progress:
             from tqdm.auto import tqdm
@@ -282,17 +315,19 @@ class PyroHead(PreferenceHead):
             loss.backward()
             optim.step()
             decay.step()
-            self.loss_history_.append(float(loss))
+            self.loss_history_.append(loss.item())
         with torch.no_grad():
             predictive = Predictive(
                 guide, num_samples=self.num_samples, parallel=True, return_sites=["weight"]
             )
             return predictive(*args)["weight"].reshape(self.num_samples, self.in_features)
 
-    def _fit_nuts(self, model: BradleyTerryModel, args: tuple[Tensor, ...]) -> Tensor:
+    def _fit_nuts(
+        self, model: BradleyTerryModel, args: tuple[Tensor, ...], init_fn: Callable
+    ) -> Tensor:
         """NUTS; returns the ``num_samples`` draws after warm-up, shape (S, d)."""
         mcmc = MCMC(
-            NUTS(model),
+            NUTS(model, init_strategy=init_fn),
             num_samples=self.num_samples,
             warmup_steps=self.warmup_steps,
             num_chains=1,

@@ -26,7 +26,9 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def as_float_array(name: str, value: Any, *, ndim: int = 1, allow_empty: bool = False) -> np.ndarray:
+def as_float_array(
+    name: str, value: Any, *, ndim: int = 1, allow_empty: bool = False
+) -> np.ndarray:
     """Return ``value`` as a finite float64 array with ``ndim`` dimensions.
 
     Parameters

@@ -43,8 +43,11 @@ def test_batched_members_equal_heads_run_one_by_one(hidden_size):
 def test_fit_learns_bradley_terry_direction():
     chosen, rejected, w = _bt_data()
     head = EnsembleHead(6, n_members=5).fit(
-        chosen[:1500], rejected[:1500], eval_pairs=(chosen[1500:], rejected[1500:]),
-        epochs=15, progress=False,
+        chosen[:1500],
+        rejected[:1500],
+        eval_pairs=(chosen[1500:], rejected[1500:]),
+        epochs=15,
+        progress=False,
     )
     pp = head.predict_pairs(chosen[1500:], rejected[1500:])
     bayes = (((chosen[1500:] - rejected[1500:]) @ w) > 0).float().mean().item()
@@ -73,8 +76,10 @@ def test_anchor_keeps_members_near_their_initial_weights():
     anchored = EnsembleHead(6, n_members=3, seed=1, anchor=50.0).fit(
         chosen, rejected, epochs=5, progress=False
     )
+
     def drift(h):
         return (h.w_out - h.anchor_w_out).norm()
+
     assert drift(anchored) < drift(free)
     assert anchored.penalty() > 0
 
@@ -132,3 +137,15 @@ def test_bad_features():
         head.fit(torch.zeros(3, 4), torch.zeros(2, 4))
     with pytest.raises(TypeError, match="unknown training option"):
         head.fit(torch.randn(3, 4), torch.randn(3, 4), epoch=3)
+
+
+@pytest.mark.parametrize("hidden_size", [None, 3])
+def test_per_member_features_use_each_members_head(hidden_size):
+    head = EnsembleHead(6, n_members=3, hidden_size=hidden_size, seed=2)
+    phi = torch.randn(3, 5, 6)  # (K, N, d): one feature set per member
+    out = head(phi)
+    for k in range(3):
+        torch.testing.assert_close(out[k], head(phi[k])[k])
+    single = EnsembleHead(6, n_members=1, hidden_size=hidden_size)
+    passes = single(torch.randn(4, 5, 6))  # T stochastic passes share one head
+    assert passes.shape == (4, 5)

@@ -1,0 +1,106 @@
+"""The contract of backbone-level ensembles (LoRA, partial, deep, MC dropout).
+
+A member backbone is a :class:`~auq.backbone.Backbone` whose ``forward`` returns
+one feature set per member, shape (K, B, d), instead of (B, d). An
+:class:`~auq.heads.EnsembleHead` with K members then applies member k's head to
+member k's features (``einsum("knd,kd->kn")``), and :class:`~auq.RewardModel`
+trains backbone members and heads together through its fine-tuning loop.
+
+Subclasses implement :meth:`build` (wrap an already loaded plain backbone),
+:meth:`_member_hidden` (the batched forward) and, when they hold weights beyond
+the base model, :meth:`save_members` / :meth:`load_members` (safetensors + JSON).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from auq.backbone import Backbone, _pool
+
+__all__ = ["MEMBER_REGISTRY", "MemberBackbone", "register_members"]
+
+MEMBER_REGISTRY: dict[str, type[MemberBackbone]] = {}
+
+
+def register_members(cls: type[MemberBackbone]) -> type[MemberBackbone]:
+    """Class decorator: make a member backbone available as ``uq=cls.method``."""
+    MEMBER_REGISTRY[cls.method] = cls
+    return cls
+
+
+class MemberBackbone(Backbone):
+    """A backbone with K members; ``forward`` returns features of shape (K, B, d).
+
+    Attributes
+    ----------
+    method : str
+        The ``uq=`` name.
+    n_members : int
+        K (for MC dropout: the number T of stochastic passes at inference).
+    """
+
+    method: ClassVar[str] = ""
+    n_members: int
+
+    @classmethod
+    @abstractmethod
+    def build(cls, backbone: Backbone, *, n_members: int, **options: Any) -> MemberBackbone:
+        """Wrap a loaded plain backbone (its model and tokenizer are reused)."""
+
+    @abstractmethod
+    def get_config(self) -> dict[str, Any]:
+        """JSON-able options that, with ``n_members``, rebuild the members via :meth:`build`."""
+
+    @abstractmethod
+    def _member_hidden(self, kwargs: dict[str, Tensor]) -> Tensor:
+        """Last hidden states of every member, shape (K, B, L, d), for model kwargs of B rows."""
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        """Per-member features of a padded batch.
+
+        Parameters
+        ----------
+        input_ids, attention_mask, token_type_ids : Tensor, shape (B, L)
+
+        Returns
+        -------
+        Tensor, shape (K, B, d), float32.
+        """
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self._member_hidden(kwargs)  # (K, B, L, d)
+        k, b, length, d = hidden.shape
+        mask = attention_mask.repeat(k, 1)  # (K·B, L)
+        return _pool(hidden.reshape(k * b, length, d), mask, self.pooling).reshape(k, b, d).float()
+
+    def save_members(self, directory: str | Path) -> None:  # noqa: B027 - optional hook
+        """Write member weights that the base model does not hold (default: none)."""
+
+    def load_members(self, directory: str | Path) -> None:  # noqa: B027 - optional hook
+        """Read what :meth:`save_members` wrote (default: nothing)."""
+
+    @classmethod
+    def _adopt(cls, backbone: Backbone) -> MemberBackbone:
+        """A new instance of ``cls`` sharing ``backbone``'s model, tokenizer and settings."""
+        if backbone.is_reward_checkpoint:
+            raise ValueError(
+                f"uq={cls.method!r} needs a plain AutoModel backbone, not a reward checkpoint; "
+                "use uq='heads', 'laplace' or 'pyro' to add uncertainty to a reward checkpoint"
+            )
+        member = cls.__new__(cls)
+        Backbone.__init__(
+            member,
+            backbone.model,
+            backbone.tokenizer,
+            pooling=backbone.pooling,
+            max_length=backbone.text_encoder.max_length,
+            name_or_path=backbone.name_or_path,
+        )
+        return member

@@ -1,0 +1,344 @@
+"""Plots of calibration and uncertainty quality.
+
+matplotlib is imported inside each function (it is an optional dependency,
+``pip install auq[plot]``), nothing here calls ``plt.show()``, and every
+function works under the non-interactive ``Agg`` backend. Each function takes
+an optional ``ax``, returns the :class:`~matplotlib.figure.Figure`, and writes
+a PNG when given ``save_path``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from auq.metrics import (
+    ReliabilityCurve,
+    expected_calibration_error,
+    ood_auroc,
+    reliability_curve,
+    risk_coverage_curve,
+)
+from auq.metrics._common import as_float_array
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "ReliabilityDisplay",
+    "plot_calibration_comparison",
+    "plot_reliability_diagram",
+    "plot_risk_coverage",
+    "plot_uncertainty_histograms",
+]
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("auq.plotting needs matplotlib: pip install 'auq[plot]'") from err
+    return plt
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = _pyplot().subplots(figsize=figsize)
+    return fig, ax
+
+
+def _save(fig: Figure, save_path: str | Path | None) -> None:
+    if save_path is not None:
+        fig.savefig(save_path, dpi=150, bbox_inches="tight")
+
+
+def _counts_axis(ax: Axes) -> Axes:
+    """A short axis appended under ``ax`` sharing its x-axis (for count histograms)."""
+    from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+    hax = make_axes_locatable(ax).append_axes("bottom", size="28%", pad=0.08, sharex=ax)
+    ax.tick_params(labelbottom=False)
+    hax.set_xlabel(ax.get_xlabel() or "confidence")
+    ax.set_xlabel("")
+    hax.set_ylabel("count")
+    return hax
+
+
+def _draw_curve(
+    ax: Axes, curve: ReliabilityCurve, label: str, color: Any = None, gaps: bool = True
+):
+    filled = curve.counts > 0
+    (line,) = ax.plot(
+        curve.confidence[filled], curve.accuracy[filled], "o-", color=color, label=label, ms=4
+    )
+    if gaps:
+        lo, hi = curve.edges[:-1], curve.edges[1:]
+        ax.bar(
+            lo[filled],
+            curve.accuracy[filled] - curve.confidence[filled],
+            width=(hi - lo)[filled],
+            bottom=curve.confidence[filled],
+            align="edge",
+            color=line.get_color(),
+            alpha=0.15,
+            edgecolor="none",
+        )
+    return line
+
+
+def _draw_counts(hax: Axes, curve: ReliabilityCurve, color: Any, label: str | None = None) -> None:
+    hax.stairs(curve.counts, curve.edges, color=color, fill=False, lw=1.5, label=label)
+
+
+def _frame(ax: Axes, xlabel: str) -> None:
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("observed frequency")
+    ax.legend(loc="upper left", fontsize="small")
+
+
+class ReliabilityDisplay:
+    """Reliability diagram in scikit-learn's ``Display`` style.
+
+    Create with :meth:`from_predictions`; the figure lives in ``figure_``,
+    the main axes in ``ax_`` and the count histogram in ``hist_ax_``.
+
+    Parameters
+    ----------
+    curve : ReliabilityCurve
+    ece : float
+    name : str, optional
+        Legend label of the model.
+    form : {"positive", "top_label"}
+    """
+
+    def __init__(
+        self,
+        curve: ReliabilityCurve,
+        *,
+        ece: float,
+        name: str | None = None,
+        form: str = "positive",
+    ) -> None:
+        self.curve = curve
+        self.ece = ece
+        self.name = name
+        self.form = form
+
+    @classmethod
+    def from_predictions(
+        cls,
+        y_true: Any,
+        y_prob: Any,
+        *,
+        n_bins: int = 15,
+        strategy: str = "uniform",
+        form: str = "positive",
+        name: str | None = None,
+        hist: bool = True,
+        ax: Axes | None = None,
+        save_path: str | Path | None = None,
+    ) -> ReliabilityDisplay:
+        """Bin the predictions and plot.
+
+        Parameters
+        ----------
+        y_true : array-like or Tensor, shape (N,)
+            Outcomes in {0, 1}.
+        y_prob : array-like or Tensor, shape (N,)
+            Predicted P(y = 1).
+        n_bins, strategy, form
+            As in :func:`auq.metrics.reliability_curve`.
+        name : str, optional
+        hist : bool
+            Draw the per-bin counts in a short panel under the diagram.
+        ax : matplotlib Axes, optional
+        save_path : str or Path, optional
+
+        Returns
+        -------
+        ReliabilityDisplay
+        """
+        curve = reliability_curve(y_true, y_prob, n_bins, strategy, form=form)
+        ece = expected_calibration_error(y_true, y_prob, n_bins, strategy, form=form)
+        display = cls(curve, ece=ece, name=name, form=form)
+        return display.plot(hist=hist, ax=ax, save_path=save_path)
+
+    def plot(
+        self, *, hist: bool = True, ax: Axes | None = None, save_path: str | Path | None = None
+    ) -> ReliabilityDisplay:
+        """Draw on ``ax`` (a new figure if None); returns ``self``."""
+        fig, ax = _axes(ax, (5.0, 5.5 if hist else 4.5))
+        label = f"{self.name or 'model'} (ECE = {self.ece:.3f})"
+        line = _draw_curve(ax, self.curve, label)
+        _frame(ax, "confidence" if self.form == "top_label" else "predicted P(chosen ≻ rejected)")
+        ax.set_title("Reliability diagram")
+        self.hist_ax_ = None
+        if hist:
+            self.hist_ax_ = _counts_axis(ax)
+            _draw_counts(self.hist_ax_, self.curve, line.get_color())
+        self.figure_, self.ax_, self.line_ = fig, ax, line
+        _save(fig, save_path)
+        return self
+
+
+def plot_reliability_diagram(
+    y_true: Any,
+    y_prob: Any,
+    *,
+    n_bins: int = 15,
+    strategy: str = "uniform",
+    form: str = "positive",
+    name: str | None = None,
+    hist: bool = True,
+    ax: Axes | None = None,
+    save_path: str | Path | None = None,
+) -> Figure:
+    """Reliability diagram with ECE in the legend and counts underneath.
+
+    Parameters as in :meth:`ReliabilityDisplay.from_predictions`.
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    return ReliabilityDisplay.from_predictions(
+        y_true, y_prob, n_bins=n_bins, strategy=strategy, form=form, name=name,
+        hist=hist, ax=ax, save_path=save_path,
+    ).figure_  # fmt: skip
+
+
+def plot_calibration_comparison(
+    y_true: Any,
+    probs_before: Any,
+    probs_after: Any,
+    *,
+    n_bins: int = 15,
+    strategy: str = "uniform",
+    labels: tuple[str, str] = ("before", "after"),
+    ax: Axes | None = None,
+    save_path: str | Path | None = None,
+) -> Figure:
+    """Before/after reliability curves on one diagram, counts of both underneath.
+
+    Parameters
+    ----------
+    y_true : array-like or Tensor, shape (N,)
+    probs_before, probs_after : array-like or Tensor, shape (N,)
+        Probabilities before and after calibration.
+    n_bins, strategy
+        As in :func:`auq.metrics.reliability_curve`.
+    labels : (str, str)
+    ax : matplotlib Axes, optional
+    save_path : str or Path, optional
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    fig, ax = _axes(ax, (5.0, 5.5))
+    curves = []
+    for probs, label, color in zip((probs_before, probs_after), labels, ("C3", "C0"), strict=True):
+        curve = reliability_curve(y_true, probs, n_bins, strategy)
+        ece = expected_calibration_error(y_true, probs, n_bins, strategy)
+        _draw_curve(ax, curve, f"{label} (ECE = {ece:.3f})", color=color)
+        curves.append((curve, label, color))
+    _frame(ax, "predicted P(chosen ≻ rejected)")
+    ax.set_title("Calibration before and after")
+    hax = _counts_axis(ax)
+    for curve, label, color in curves:
+        _draw_counts(hax, curve, color, label)
+    _save(fig, save_path)
+    return fig
+
+
+def plot_risk_coverage(
+    losses: Any,
+    uncertainty: Any,
+    *,
+    name: str | None = None,
+    oracle: bool = True,
+    ax: Axes | None = None,
+    save_path: str | Path | None = None,
+) -> Figure:
+    """Selective risk against coverage, with the oracle ordering for reference.
+
+    Parameters
+    ----------
+    losses : array-like or Tensor, shape (N,)
+        Per-prediction loss (0/1 errors or e.g. NLL).
+    uncertainty : array-like or Tensor, shape (N,)
+        Larger means less sure.
+    name : str, optional
+    oracle : bool
+        Also draw the curve of an oracle that ranks by the loss itself.
+    ax : matplotlib Axes, optional
+    save_path : str or Path, optional
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    fig, ax = _axes(ax, (5.0, 4.0))
+    coverage, risk = risk_coverage_curve(losses, uncertainty)
+    ax.plot(coverage, risk, label=f"{name or 'model'} (AURC = {risk.mean():.3f})")
+    if oracle:
+        loss = as_float_array("losses", losses)
+        cov_o, risk_o = risk_coverage_curve(loss, loss)
+        ax.plot(cov_o, risk_o, ls="--", color="grey", label=f"oracle (AURC = {risk_o.mean():.3f})")
+    ax.axhline(risk[-1], color="grey", lw=0.8, ls=":")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("coverage (fraction of most certain predictions kept)")
+    ax.set_ylabel("risk (mean loss)")
+    ax.set_title("Risk–coverage")
+    ax.legend(fontsize="small")
+    _save(fig, save_path)
+    return fig
+
+
+def plot_uncertainty_histograms(
+    in_uncertainty: Any,
+    ood_uncertainty: Any,
+    *,
+    bins: int = 40,
+    labels: tuple[str, str] = ("in-distribution", "out-of-distribution"),
+    xlabel: str = "uncertainty",
+    ax: Axes | None = None,
+    save_path: str | Path | None = None,
+) -> Figure:
+    """Overlaid density histograms of an uncertainty score on two sets of inputs.
+
+    Parameters
+    ----------
+    in_uncertainty : array-like or Tensor, shape (N_in,)
+    ood_uncertainty : array-like or Tensor, shape (N_ood,)
+    bins : int
+    labels : (str, str)
+    xlabel : str
+    ax : matplotlib Axes, optional
+    save_path : str or Path, optional
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    u_in = as_float_array("in_uncertainty", in_uncertainty)
+    u_out = as_float_array("ood_uncertainty", ood_uncertainty)
+    fig, ax = _axes(ax, (5.0, 3.5))
+    edges = np.histogram_bin_edges(np.concatenate([u_in, u_out]), bins=bins)
+    for values, label, color in zip((u_in, u_out), labels, ("C0", "C1"), strict=True):
+        ax.hist(values, bins=edges, density=True, alpha=0.45, color=color, label=label)
+        ax.hist(values, bins=edges, density=True, histtype="step", color=color)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(f"Uncertainty (OOD AUROC = {ood_auroc(u_in, u_out):.3f})")
+    ax.legend(fontsize="small")
+    _save(fig, save_path)
+    return fig
