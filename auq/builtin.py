@@ -37,8 +37,9 @@ label is sampled from Bradley–Terry, ``P(a ≻ b) = σ((g_a − g_b) / T)`` wi
 ``T = LABEL_TEMPERATURE`` (0.3), and the sampled winner goes to ``chosen``. At this
 temperature the *gold ceiling* — the accuracy of the gold reward itself against
 the sampled labels (:func:`gold_ceiling`) — is about 0.87, close to the expected
-Bayes accuracy :func:`bayes_accuracy`. Per-row ``gold_chosen`` / ``gold_rejected``
-and the prompt's ``topic`` are kept as extra columns.
+Bayes accuracy :func:`bayes_accuracy`. Per-row ``gold_chosen`` / ``gold_rejected``,
+``gold_prob`` (the gold P(chosen ≻ rejected) the label was drawn from) and the
+prompt's ``topic`` are kept as extra columns.
 """
 
 from __future__ import annotations
@@ -367,7 +368,8 @@ def load_builtin_preferences(
     -------
     PreferenceDataset
         N plain-text pairs with extra columns ``gold_chosen``, ``gold_rejected``
-        (floats) and ``topic`` (the prompt's topic).
+        (floats), ``gold_prob`` (the gold model's P(chosen ≻ rejected), from which
+        the label was sampled) and ``topic`` (the prompt's topic).
     """
     check_positive_int("n_pairs", n_pairs)
     check_choice("domain", domain, ("in", "ood"))
@@ -379,8 +381,8 @@ def load_builtin_preferences(
     template_idx = rng.integers(len(PROMPT_TEMPLATES), size=n_pairs).tolist()
     task_u, label_u = rng.random(n_pairs).tolist(), rng.random(n_pairs).tolist()
     u = rng.random((n_pairs, 2, 13)).tolist()
-    cols: dict[str, list] = {c: [] for c in ("prompt", "chosen", "rejected", "gold_chosen",
-                                              "gold_rejected", "topic")}  # fmt: skip
+    names = ("prompt", "chosen", "rejected", "gold_chosen", "gold_rejected", "gold_prob", "topic")
+    cols: dict[str, list] = {c: [] for c in names}
     for i in range(n_pairs):
         topic = topics[topic_idx[i]]
         tasks = _TOPIC_BANKS[topic][0]
@@ -390,9 +392,10 @@ def load_builtin_preferences(
         while a == b or abs(ga - gb) < 1e-6:  # redraw b until the pair is informative
             b = _response(topic, topics, rng.random(13).tolist())
             gb = gold_reward(prompt, b)
-        if label_u[i] >= 1.0 / (1.0 + math.exp(-(ga - gb) / temperature)):
-            a, b, ga, gb = b, a, gb, ga  # b won the Bradley–Terry draw
-        for c, v in zip(cols, (prompt, a, b, ga, gb, topic), strict=True):
+        p = 1.0 / (1.0 + math.exp(-(ga - gb) / temperature))
+        if label_u[i] >= p:
+            a, b, ga, gb, p = b, a, gb, ga, 1.0 - p  # b won the Bradley–Terry draw
+        for c, v in zip(cols, (prompt, a, b, ga, gb, p, topic), strict=True):
             cols[c].append(v)
     return PreferenceDataset.from_dict(cols)
 
@@ -410,7 +413,16 @@ def gold_ceiling(dataset: PreferenceDataset) -> float:
     return float(np.mean(_gold_margins(dataset) > 0))
 
 
-def bayes_accuracy(dataset: PreferenceDataset, *, temperature: float = LABEL_TEMPERATURE) -> float:
-    """Expected accuracy ``E[max(p, 1 − p)]`` of the gold model, ``p = σ(Δ_gold / T)``."""
-    p = 1.0 / (1.0 + np.exp(-np.abs(_gold_margins(dataset)) / temperature))
-    return float(np.mean(p))
+def bayes_accuracy(dataset: PreferenceDataset, *, temperature: float | None = None) -> float:
+    """Expected accuracy ``E[max(p, 1 − p)]`` of the gold model.
+
+    ``p`` is the stored ``gold_prob`` column, or ``σ(Δ_gold / temperature)`` when a
+    temperature is given. No model can beat this in expectation.
+    """
+    if temperature is None:
+        if "gold_prob" not in dataset.columns:
+            raise ValueError("dataset lacks a 'gold_prob' column; pass temperature=")
+        p = np.asarray(dataset.column("gold_prob"), dtype=np.float64)
+    else:
+        p = 1.0 / (1.0 + np.exp(-_gold_margins(dataset) / temperature))
+    return float(np.mean(np.maximum(p, 1.0 - p)))

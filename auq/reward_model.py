@@ -21,11 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from auq._validation import check_choice, check_positive_int
 from auq.backbone import Backbone
+from auq.calibration import BaseCalibrator
 from auq.data import PreferenceDataset, render_pair_texts
 from auq.fitting import FitConfig, FitHistory, fit_pairs
 from auq.heads.base import PreferenceHead, load_head, save_head
@@ -39,6 +41,7 @@ UQ_METHODS = ("heads",)
 PLANNED_UQ_METHODS = ("lora", "partial", "deep", "mc_dropout", "laplace", "pyro")
 FINETUNE_CHOICES = ("frozen", "full", "lora")
 CONFIG_NAME = "auq_config.json"
+CALIBRATOR_NAME = "calibrator.json"
 
 
 @dataclass
@@ -87,6 +90,7 @@ class RewardModel(nn.Module):
         self.head = head
         self.config = config
         self.history_: FitHistory | None = None
+        self.calibrator_: BaseCalibrator | None = None
         if config.finetune == "frozen":
             backbone.requires_grad_(False)
         self.eval()
@@ -355,6 +359,40 @@ class RewardModel(nn.Module):
         phi = self.backbone.encode(self._tokenize(prompts, responses), progress=progress)
         return self.head.predict(phi).cpu()
 
+    # -- calibration --------------------------------------------------------------------
+    def calibrate(
+        self, dataset: PreferenceDataset, *, method: str = "temperature", **options: Any
+    ) -> BaseCalibrator:
+        """Fit a calibrator of the preference probability on held-out pairs and attach it.
+
+        Parameters
+        ----------
+        dataset : PreferenceDataset
+            Held-out pairs (not the training pairs); labels are "chosen wins" and
+            the calibrators symmetrise them internally.
+        method : {"temperature", "platt", "isotonic", "beta"}
+        **options
+            Keyword options of the calibrator.
+
+        Returns
+        -------
+        BaseCalibrator
+            Also stored as ``calibrator_``, used by :meth:`predict_proba` and saved
+            by :meth:`save_pretrained`.
+        """
+        from auq.calibration import make_calibrator
+
+        calibrator = make_calibrator(method, **options).fit(self.predict(dataset))
+        self.calibrator_ = calibrator
+        return calibrator
+
+    def predict_proba(self, dataset: PreferenceDataset) -> np.ndarray:
+        """P(chosen ≻ rejected) per pair, calibrated when a calibrator is attached, shape (B,)."""
+        pred = self.predict(dataset)
+        if self.calibrator_ is None:
+            return pred.prob.numpy()
+        return self.calibrator_.predict_proba(pred)
+
     # -- checkpoints ------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | Path, *, save_backbone: bool = True) -> None:
         """Write ``auq_config.json``, the head (safetensors + JSON) and the backbone.
@@ -383,6 +421,15 @@ class RewardModel(nn.Module):
         config["auq_version"] = _version()
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         save_head(self.head, out / "head")
+        if self.calibrator_ is not None:
+            self.save_calibrator(out)
+
+    def save_calibrator(self, directory: str | Path) -> None:
+        """Write the attached calibrator as ``calibrator.json`` into a model directory."""
+        if self.calibrator_ is None:
+            raise ValueError("no calibrator attached; call rm.calibrate(held_out_pairs) first")
+        path = Path(directory) / CALIBRATOR_NAME
+        path.write_text(json.dumps(self.calibrator_.get_state(), indent=2))
 
     @classmethod
     def from_pretrained(
@@ -407,6 +454,11 @@ class RewardModel(nn.Module):
         )
         head = load_head(directory / "head")
         model = cls(backbone, head, config).eval()
+        if (directory / CALIBRATOR_NAME).is_file():
+            from auq.calibration import calibrator_from_state
+
+            state = json.loads((directory / CALIBRATOR_NAME).read_text())
+            model.calibrator_ = calibrator_from_state(state)
         return model.to(device) if device is not None else model
 
     def extra_repr(self) -> str:

@@ -254,13 +254,15 @@ class EnsembleHead(PreferenceHead):
 
     @torch.no_grad()
     def _restandardize(self, phi: Tensor) -> None:
-        """Refit the feature statistics without changing the function of a warm head.
+        """Refit the feature statistics without changing the function of a fitted head.
 
         With old (μ, s) and new (μ', s'), ``W·(φ−μ)/s + b = W'·(φ−μ')/s' + b'`` for
         ``W' = W·s'/s`` and ``b' = b + W·(μ'−μ)/s``; anchors move the same way.
         """
         old_mean, old_scale = self.feature_mean.clone(), self.feature_scale.clone()
         self.fit_standardization(phi)
+        if not bool(self.is_fitted):  # fresh weights are defined on standardised features
+            return
         ratio = self.feature_scale / old_scale  # (d,)
         shift = (self.feature_mean - old_mean) / old_scale  # (d,)
         if self.w_in is None:

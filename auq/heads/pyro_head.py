@@ -3,9 +3,9 @@
 Model (:class:`BradleyTerryModel`)
     ``w ~ N(0, s² I)`` (``s = prior_scale``), and for each pair i with
     ``z_i = φ̃_c − φ̃_r`` the observation "chosen wins" ``y_i = 1`` with
-    ``y_i ~ Bernoulli(logits = wᵀz_i − m_i)``, its log-likelihood scaled by the
-    pair weight ``v_i`` (``poutine.scale``). The likelihood is exact, so no
-    swap-symmetrisation is needed.
+    ``y_i ~ Bernoulli(logits = wᵀz_i − m_i)``, its log-likelihood scaled by the pair
+    weight ``v_i`` (``poutine.scale``; pairs with ``v_i = 0`` are masked). The likelihood
+    is exact, so no swap-symmetrisation is needed.
 
 Inference
     ``inference="svi"``: ``Trace_ELBO`` with ``AutoNormal`` / ``AutoLowRankMultivariateNormal``
@@ -99,7 +99,13 @@ class BradleyTerryModel(PyroModule):
         if w.ndim > 1:
             logits = logits.squeeze(-2)
         logits = logits - target
-        with pyro.plate("pairs", z.shape[0], dim=-1), poutine.scale(scale=pair_weight):
+        # zero-weight pairs are masked out (Pyro's scale must be positive)
+        observed = pair_weight > 0
+        with (
+            pyro.plate("pairs", z.shape[0], dim=-1),
+            poutine.mask(mask=observed),
+            poutine.scale(scale=torch.where(observed, pair_weight, 1.0)),
+        ):
             pyro.sample("obs", dist.Bernoulli(logits=logits), obs=torch.ones_like(logits))
         return logits
 

@@ -70,6 +70,14 @@ def test_members_differ_and_bootstrap_adds_spread():
     assert boot.predict(phi).var.mean() > plain.predict(phi).var.mean()
 
 
+def test_fresh_head_keeps_its_anchors_on_standardised_features():
+    chosen, rejected, _ = _bt_data(n=200)
+    head = EnsembleHead(6, n_members=3, seed=1, anchor=1.0)
+    init = head.anchor_w_out.clone()
+    head.fit(chosen * 0.01, rejected * 0.01, epochs=1, progress=False)  # tiny raw scale
+    torch.testing.assert_close(head.anchor_w_out, init)
+
+
 def test_anchor_keeps_members_near_their_initial_weights():
     chosen, rejected, _ = _bt_data(n=300)
     free = EnsembleHead(6, n_members=3, seed=1).fit(chosen, rejected, epochs=5, progress=False)
@@ -87,6 +95,7 @@ def test_anchor_keeps_members_near_their_initial_weights():
 @pytest.mark.parametrize("hidden_size", [None, 4])
 def test_restandardize_preserves_the_function(hidden_size):
     head = EnsembleHead(5, n_members=3, hidden_size=hidden_size, seed=0)
+    head.is_fitted.fill_(True)  # a warm head (fitted before, or from a checkpoint)
     phi = torch.randn(20, 5)
     before = head(phi)
     head._restandardize(torch.randn(100, 5) * 4 + 2)

@@ -1,0 +1,346 @@
+"""K LoRA adapters on one frozen base model, scored in one forward over K·B rows.
+
+The batch is repeated K times (member-major: rows ``k·B … k·B+B−1`` belong to
+member k) and every target linear layer adds its members' low-rank updates with
+two batched matmuls::
+
+    x (K·B, L, in) ─view─▶ (K, B·L, in)
+    Δ = bmm(bmm(dropout(x), Aᵀ), Bᵀ) · α/r      A (K, r, in), B (K, out, r)
+    y = base(x) + Δ.view(K·B, L, out)
+
+Why not PEFT's mixed-adapter batches (``model(..., adapter_names=[...])``)? In
+peft 0.21 they raise in training mode ("Cannot pass `adapter_names` when the
+model is in training mode"), and each LoRA layer loops over the adapters in
+Python. The updates here are added by forward hooks that exist only during
+:meth:`LoraMembers._member_hidden`, so the members train jointly with dropout
+on, the HF model keeps its plain structure (``model.save_pretrained`` writes
+the untouched base), and the checkpoints are PEFT's own format: one adapter
+directory per member that ``PeftModel.from_pretrained(base, dir / "member_k")``
+loads.
+
+PEFT initialises B = 0, which makes every member start equal to the base model
+and to each other; here A is drawn as in PEFT (seeded, different per member)
+and B ~ N(0, init_scale²), so the members differ from the start.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from auq._validation import check_choice, check_positive_int
+from auq.backbone import Backbone
+from auq.members.base import MemberBackbone, register_members
+
+__all__ = ["LoraMembers"]
+
+#: module names left out of ``target_modules="all-linear"``: output layers and the
+#: BERT-style pooler, whose output is not part of the features
+EXCLUDED_FROM_ALL_LINEAR = ("lm_head", "score", "classifier", "pooler")
+INIT_CHOICES = (True, "gaussian")
+_CONFIG_NAME = "lora_members.json"
+
+
+def _linear_types() -> tuple[type, ...]:
+    from transformers.pytorch_utils import Conv1D  # GPT-2's transposed linear
+
+    return (nn.Linear, Conv1D)
+
+
+def _dims(layer: nn.Module) -> tuple[int, int]:
+    """(in, out) features of an ``nn.Linear`` or a transformers ``Conv1D``."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    return layer.weight.shape[0], layer.weight.shape[1]
+
+
+def resolve_target_modules(model: nn.Module, target_modules: str | list[str]) -> list[str]:
+    """Names of the linear layers that get adapters, with PEFT's matching rules.
+
+    ``"all-linear"``: every ``nn.Linear``/``Conv1D`` except those in
+    :data:`EXCLUDED_FROM_ALL_LINEAR`; another string: a regular expression
+    that must match the whole name; a list: names equal to an entry or ending
+    in ``"." + entry``.
+    """
+    linear = [n for n, m in model.named_modules() if isinstance(m, _linear_types())]
+    if target_modules == "all-linear":
+        names = [n for n in linear if not set(n.split(".")) & set(EXCLUDED_FROM_ALL_LINEAR)]
+    elif isinstance(target_modules, str):
+        names = [n for n in linear if re.fullmatch(target_modules, n)]
+    else:
+        keys = list(target_modules)
+        names = [n for n in linear if any(n == t or n.endswith("." + t) for t in keys)]
+    if not names:
+        sample = ", ".join(linear[:8]) + (", ..." if len(linear) > 8 else "")
+        raise ValueError(
+            f"target_modules={target_modules!r} matches no nn.Linear/Conv1D layer of "
+            f"{type(model).__name__}; give 'all-linear', a regex or a list of names such as: "
+            f"{sample}"
+        )
+    return names
+
+
+class _StackedLora(nn.Module):
+    """The K members' LoRA matrices of one linear layer: A (K, r, in), B (K, out, r)."""
+
+    def __init__(
+        self,
+        k: int,
+        r: int,
+        fan_in: int,
+        fan_out: int,
+        *,
+        init_lora_weights: bool | str,
+        init_scale: float,
+        generator: torch.Generator,
+    ) -> None:
+        super().__init__()
+        a = torch.empty(k, r, fan_in)
+        if init_lora_weights == "gaussian":
+            a.normal_(0.0, 1.0 / r, generator=generator)
+        else:  # PEFT's default: kaiming_uniform_(a=√5) = U(±1/√in)
+            bound = 1.0 / math.sqrt(fan_in)
+            a.uniform_(-bound, bound, generator=generator)
+        self.lora_A = nn.Parameter(a)
+        self.lora_B = nn.Parameter(torch.randn(k, fan_out, r, generator=generator) * init_scale)
+
+    def delta(self, x: Tensor, *, p: float, training: bool) -> Tensor:
+        """(K, n, in) → (K, n, out), unscaled."""
+        x = F.dropout(x.to(self.lora_A.dtype), p=p, training=training)
+        return torch.bmm(torch.bmm(x, self.lora_A.transpose(1, 2)), self.lora_B.transpose(1, 2))
+
+
+@register_members
+class LoraMembers(MemberBackbone):
+    """K LoRA adapters on one frozen base model, scored in one batched forward.
+
+    Build with :meth:`build`. Only the adapters train (``adapters.*``; the base
+    model's parameters have ``requires_grad=False``); with ``lora_dropout > 0``
+    the dropout acts in training mode only.
+
+    Attributes
+    ----------
+    target_names : list of str
+        Qualified names of the adapted linear layers.
+    adapters : nn.ModuleList of _StackedLora
+        One entry per target layer: ``lora_A`` (K, r, in), ``lora_B`` (K, out, r).
+    """
+
+    method = "lora"
+
+    @classmethod
+    def build(
+        cls,
+        backbone: Backbone,
+        *,
+        n_members: int,
+        r: int = 8,
+        lora_alpha: float = 16,
+        lora_dropout: float = 0.0,
+        target_modules: str | list[str] = "all-linear",
+        init_lora_weights: bool | str = True,
+        init_scale: float = 0.01,
+        diversity: float = 0.0,
+        seed: int = 0,
+    ) -> LoraMembers:
+        """K adapters on ``backbone``'s model (which stays shared and frozen).
+
+        Parameters
+        ----------
+        backbone : Backbone
+            A plain ``AutoModel`` backbone.
+        n_members : int
+            K ≥ 2.
+        r, lora_alpha, lora_dropout : see ``peft.LoraConfig``
+            Rank, scale (updates are multiplied by ``lora_alpha / r``), dropout on
+            the adapters' input.
+        target_modules : "all-linear", a regex, or a list of names
+            See :func:`resolve_target_modules`.
+        init_lora_weights : {True, "gaussian"}
+            Initialisation of A as in PEFT: U(±1/√in), or N(0, 1/r²).
+        init_scale : float
+            Standard deviation of the initial B entries (PEFT: 0, which makes
+            all members identical at the start).
+        diversity : float
+            Weight of :meth:`regularizer` (0 = off).
+        seed : int
+            Seed of the initialisation.
+        """
+        if isinstance(n_members, bool) or not isinstance(n_members, int) or n_members < 2:
+            raise ValueError(f"n_members must be >= 2 for an ensemble, got {n_members!r}")
+        check_positive_int("r", r)
+        if not lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0, got {lora_alpha!r}")
+        if not 0 <= lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}")
+        check_choice("init_lora_weights", init_lora_weights, INIT_CHOICES)
+        if not init_scale >= 0:
+            raise ValueError(f"init_scale must be >= 0, got {init_scale!r}")
+        if not diversity >= 0:
+            raise ValueError(f"diversity must be >= 0, got {diversity!r}")
+        if not isinstance(target_modules, str):
+            target_modules = list(target_modules)
+        member = cls._adopt(backbone)
+        member.n_members = n_members
+        member.r, member.lora_alpha, member.lora_dropout = r, float(lora_alpha), float(lora_dropout)
+        member.target_modules = target_modules
+        member.init_lora_weights, member.init_scale = init_lora_weights, float(init_scale)
+        member.diversity, member.seed = float(diversity), seed
+        member.scaling = member.lora_alpha / r
+        member.target_names = resolve_target_modules(member.model, target_modules)
+        gen = torch.Generator().manual_seed(seed)
+        adapters = []
+        for name in member.target_names:
+            fan_in, fan_out = _dims(member.model.get_submodule(name))
+            adapters.append(
+                _StackedLora(
+                    n_members,
+                    r,
+                    fan_in,
+                    fan_out,
+                    init_lora_weights=init_lora_weights,
+                    init_scale=init_scale,
+                    generator=gen,
+                )
+            )
+        member.adapters = nn.ModuleList(adapters).to(member.device)
+        member._rows = 0
+        member.set_trainable()
+        return member.eval()
+
+    def set_trainable(self) -> None:
+        """Freeze the base model; train every adapter (all K members)."""
+        self.model.requires_grad_(False)
+        self.adapters.requires_grad_(True)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "r": self.r,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": self.lora_dropout,
+            "target_modules": self.target_modules,
+            "init_lora_weights": self.init_lora_weights,
+            "init_scale": self.init_scale,
+            "diversity": self.diversity,
+            "seed": self.seed,
+        }
+
+    # -- forward ------------------------------------------------------------------
+    def _hook(self, lora: _StackedLora):
+        def add_members(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+            x = args[0]
+            if x.shape[0] != self._rows:
+                raise RuntimeError(
+                    f"LoRA members need the batch on axis 0 of every target layer's input; "
+                    f"{type(module).__name__} got shape {tuple(x.shape)} for {self._rows} rows"
+                )
+            k = self.n_members
+            delta = lora.delta(
+                x.reshape(k, -1, x.shape[-1]), p=self.lora_dropout, training=self.training
+            )  # (K, B·L, out)
+            return output + (self.scaling * delta).reshape(output.shape).to(output.dtype)
+
+        return add_members
+
+    def _member_hidden(self, kwargs: dict[str, Tensor]) -> Tensor:
+        """Last hidden states of every member, (K, B, L, d), from one forward over K·B rows."""
+        k = self.n_members
+        b = kwargs["input_ids"].shape[0]
+        repeated = {name: t.repeat(k, *([1] * (t.ndim - 1))) for name, t in kwargs.items()}
+        self._rows = k * b
+        handles = [
+            self.model.get_submodule(name).register_forward_hook(self._hook(lora))
+            for name, lora in zip(self.target_names, self.adapters, strict=True)
+        ]
+        try:
+            hidden = self.model(**repeated).last_hidden_state  # (K·B, L, d)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return hidden.reshape(k, b, *hidden.shape[1:])
+
+    # -- training -----------------------------------------------------------------
+    def regularizer(self) -> Tensor:
+        """Diversity term to add to the training loss (0 when ``diversity == 0``).
+
+        ``−diversity · mean over target layers of ‖[A_1; …; A_K]‖_*``: minus the
+        nuclear norm of the members' stacked A matrices (K·r, in), so that
+        minimising the loss spreads the members' subspaces apart (Zhai et al.,
+        2023, "Uncertainty-penalized RLHF with diverse reward LoRA ensembles").
+        Costs one SVD of a (K·r, in) matrix per target layer.
+
+        Returns
+        -------
+        Tensor, shape (), on the adapters' device.
+        """
+        first = self.adapters[0].lora_A
+        if self.diversity == 0:
+            return first.new_zeros(())
+        norms = [
+            torch.linalg.matrix_norm(a.lora_A.reshape(-1, a.lora_A.shape[-1]), ord="nuc")
+            for a in self.adapters
+        ]
+        return -self.diversity * torch.stack(norms).mean()
+
+    # -- checkpoints --------------------------------------------------------------
+    def save_members(self, directory: str | Path) -> None:
+        """Write ``member_k/`` PEFT adapter directories (safetensors + adapter_config.json)."""
+        from peft import LoraConfig
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        conv1d = any(
+            not isinstance(self.model.get_submodule(n), nn.Linear) for n in self.target_names
+        )
+        for k in range(self.n_members):
+            sub = out / f"member_{k}"
+            sub.mkdir(exist_ok=True)
+            tensors = {}
+            for name, lora in zip(self.target_names, self.adapters, strict=True):
+                prefix = f"base_model.model.{name}"
+                tensors[f"{prefix}.lora_A.weight"] = lora.lora_A[k].detach().cpu().contiguous()
+                tensors[f"{prefix}.lora_B.weight"] = lora.lora_B[k].detach().cpu().contiguous()
+            save_file(tensors, str(sub / "adapter_model.safetensors"), metadata={"format": "pt"})
+            LoraConfig(
+                r=self.r,
+                lora_alpha=self.lora_alpha,
+                lora_dropout=self.lora_dropout,
+                target_modules=list(self.target_names),
+                fan_in_fan_out=conv1d,
+                base_model_name_or_path=self.name_or_path or None,
+            ).save_pretrained(str(sub))
+        meta = {"method": self.method, "n_members": self.n_members, **self.get_config()}
+        (out / _CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+
+    def load_members(self, directory: str | Path) -> None:
+        """Read the adapters written by :meth:`save_members`."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        with torch.no_grad():
+            for k in range(self.n_members):
+                path = directory / f"member_{k}" / "adapter_model.safetensors"
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"{path} is missing; save_members writes member_0 … "
+                        f"member_{self.n_members - 1} for n_members={self.n_members}"
+                    )
+                tensors = load_file(str(path))
+                for name, lora in zip(self.target_names, self.adapters, strict=True):
+                    prefix = f"base_model.model.{name}"
+                    try:
+                        lora.lora_A[k].copy_(tensors[f"{prefix}.lora_A.weight"])
+                        lora.lora_B[k].copy_(tensors[f"{prefix}.lora_B.weight"])
+                    except KeyError as err:
+                        raise ValueError(
+                            f"{path} has no adapter for {name!r}; was it saved with the same "
+                            "target_modules?"
+                        ) from err
