@@ -36,6 +36,9 @@ class FitConfig:
         Gradient clipping threshold.
     center_coef : float
         Weight of the reward-centring term (TRL's ``center_rewards_coefficient``).
+    head_lr : float or None
+        Learning rate of freshly initialised heads when a backbone trains with them
+        (None: ``lr``).
     patience : int or None
         Stop after this many epochs without held-out loss improvement and restore
         the best weights (needs evaluation pairs). None disables early stopping.
@@ -51,6 +54,7 @@ class FitConfig:
     weight_decay: float = 1e-4
     max_grad_norm: float | None = 1.0
     center_coef: float = 0.0
+    head_lr: float | None = None
     patience: int | None = 5
     seed: int = 0
     progress: bool = True
@@ -97,7 +101,7 @@ def fit_pairs(
     n_pairs: int,
     config: FitConfig,
     evaluate: Callable[[], tuple[float, float]] | None = None,
-    parameters: list[nn.Parameter] | None = None,
+    param_groups: list[dict] | None = None,
     description: str = "fit",
 ) -> FitHistory:
     """Minimise ``batch_loss`` over shuffled minibatches of pair indices.
@@ -114,19 +118,18 @@ def fit_pairs(
     config : FitConfig
     evaluate : callable, optional
         ``evaluate() -> (eval_loss, eval_accuracy)`` run after each epoch.
-    parameters : list of Parameter, optional
-        Defaults to the module's parameters that require gradients.
+    param_groups : list of dict, optional
+        AdamW parameter groups (e.g. a lower learning rate for a backbone); by
+        default one group of the module's parameters that require gradients.
 
     Returns
     -------
     FitHistory
     """
-    params = (
-        parameters
-        if parameters is not None
-        else [p for p in module.parameters() if p.requires_grad]
-    )
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if param_groups is None:
+        param_groups = [{"params": [p for p in module.parameters() if p.requires_grad]}]
+    params = [p for group in param_groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     history = FitHistory()
     best_loss, best_state, stale = math.inf, None, 0

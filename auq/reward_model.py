@@ -15,6 +15,7 @@ trains the backbone together with the heads.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,12 +34,14 @@ from auq.fitting import FitConfig, FitHistory, fit_pairs
 from auq.heads.base import PreferenceHead, load_head, save_head
 from auq.heads.ensemble import EnsembleHead
 from auq.losses import bradley_terry_loss, centering_penalty
+from auq.members.base import MemberBackbone
 from auq.types import PreferencePrediction, RewardPrediction
 
 __all__ = ["FINETUNE_CHOICES", "UQ_METHODS", "RewardModel", "RewardModelConfig"]
 
-UQ_METHODS = ("heads",)
-PLANNED_UQ_METHODS = ("lora", "partial", "deep", "mc_dropout", "laplace", "pyro")
+UQ_METHODS = ("heads", "lora", "partial", "deep", "mc_dropout", "laplace", "pyro")
+FEATURE_HEAD_METHODS = ("heads", "laplace", "pyro")  # last-layer methods on one backbone
+MEMBER_METHODS = ("lora", "partial", "deep", "mc_dropout")  # backbone-level ensembles
 FINETUNE_CHOICES = ("frozen", "full", "lora")
 CONFIG_NAME = "auq_config.json"
 CALIBRATOR_NAME = "calibrator.json"
@@ -46,7 +49,28 @@ CALIBRATOR_NAME = "calibrator.json"
 
 @dataclass
 class RewardModelConfig:
-    """Everything needed to rebuild a reward model (stored as ``auq_config.json``)."""
+    """Everything needed to rebuild a reward model (stored as ``auq_config.json``).
+
+    Attributes
+    ----------
+    backbone : str
+        Hub name or path of the backbone (``"backbone"`` inside a saved model).
+    uq : str
+        Uncertainty method, one of :data:`UQ_METHODS`.
+    n_members : int
+        K members (ensembles) or T passes (``"mc_dropout"``).
+    pooling, max_length
+        See :class:`~auq.backbone.Backbone`.
+    finetune : {"frozen", "full", "lora"}
+        What of the plain backbone trains with the heads.
+    head : dict
+        Keyword options of the head class (``EnsembleHead``, ``LaplaceHead``, ``PyroHead``).
+    members : dict
+        Keyword options of the backbone-level ensemble (``uq`` in :data:`MEMBER_METHODS`).
+    lora : dict
+        PEFT ``LoraConfig`` options for ``finetune="lora"``.
+    seed : int
+    """
 
     backbone: str
     uq: str = "heads"
@@ -55,19 +79,22 @@ class RewardModelConfig:
     max_length: int = 256
     finetune: str = "frozen"
     head: dict[str, Any] = field(default_factory=dict)
+    members: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.uq in PLANNED_UQ_METHODS:
-            raise NotImplementedError(
-                f"uq={self.uq!r} is planned but not available in this version; "
-                f"available: {', '.join(repr(m) for m in UQ_METHODS)}"
-            )
         check_choice("uq", self.uq, UQ_METHODS)
         check_choice("finetune", self.finetune, FINETUNE_CHOICES)
-        check_positive_int("n_members", self.n_members)
+        minimum = 2 if self.uq in MEMBER_METHODS else 1
+        check_positive_int("n_members", self.n_members, minimum=minimum)
         check_positive_int("max_length", self.max_length, minimum=4)
+        if self.finetune != "frozen" and self.uq not in ("heads", "mc_dropout"):
+            what = "its members" if self.uq in MEMBER_METHODS else "a last-layer posterior"
+            raise ValueError(
+                f"finetune={self.finetune!r} does not combine with uq={self.uq!r}, which trains "
+                f"{what} on a fixed base; use finetune='frozen' (or uq='heads' / 'mc_dropout')"
+            )
 
 
 class RewardModel(nn.Module):
@@ -108,12 +135,10 @@ class RewardModel(nn.Module):
         finetune: str = "frozen",
         hidden_size: int | None = None,
         bootstrap: bool | None = None,
-        anchor: float = 0.0,
-        init_scale: float = 1.0,
-        lora_r: int = 8,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.0,
-        lora_target_modules: str | list[str] = "all-linear",
+        anchor: float | None = None,
+        head_options: dict[str, Any] | None = None,
+        member_options: dict[str, Any] | None = None,
+        lora_options: dict[str, Any] | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         seed: int = 0,
@@ -125,67 +150,69 @@ class RewardModel(nn.Module):
         name_or_path : str or Path
             An ``AutoModel`` checkpoint (encoder or decoder), or a TRL reward
             checkpoint (``AutoModelForSequenceClassification``, ``num_labels=1``)
-            whose score layer then initialises every member.
-        uq : str
-            Uncertainty method; this version provides ``"heads"``.
+            whose score layer then initialises every head member.
+        uq : {"heads", "lora", "partial", "deep", "mc_dropout", "laplace", "pyro"}
+            Uncertainty method (see the README's method table).
         n_members : int
-            Ensemble size K.
+            Ensemble size K (``"mc_dropout"``: stochastic passes T; ignored by
+            ``"laplace"`` / ``"pyro"``, which draw posterior samples).
         pooling : {"auto", "last", "mean", "cls"}
         max_length : int
             Longest tokenised (prompt, response); see :mod:`auq.batching`.
         finetune : {"frozen", "full", "lora"}
-            Keep the backbone frozen (features cached), train it fully, or train
-            PEFT LoRA adapters on it.
-        hidden_size : int, optional
-            Width of MLP heads; None for linear heads.
-        bootstrap : bool, optional
-            Per-member bootstrap resampling; defaults to True for reward
-            checkpoints (whose members start identical) and False otherwise.
-        anchor, init_scale : float
-            See :class:`auq.heads.EnsembleHead`.
-        lora_r, lora_alpha, lora_dropout, lora_target_modules
-            PEFT ``LoraConfig`` settings for ``finetune="lora"``.
+            For ``uq="heads"`` and ``"mc_dropout"``: keep the backbone frozen
+            (features cached), train it fully, or train PEFT LoRA adapters on it.
+        hidden_size, bootstrap, anchor
+            Shortcuts for the ensemble heads' options (:class:`auq.heads.EnsembleHead`);
+            ``bootstrap`` defaults to True for reward checkpoints (whose members
+            start identical).
+        head_options : dict, optional
+            Further head options, e.g. ``{"prior_precision": "marglik"}`` for
+            ``"laplace"`` or ``{"inference": "nuts"}`` for ``"pyro"``.
+        member_options : dict, optional
+            Options of a backbone-level ensemble, e.g. ``{"r": 8}`` for ``"lora"``,
+            ``{"n_top_layers": 2}`` for ``"partial"``, ``{"rate": 0.1}`` for ``"mc_dropout"``.
+        lora_options : dict, optional
+            PEFT ``LoraConfig`` options for ``finetune="lora"`` (default r=8, alpha=16).
         dtype : torch.dtype, optional
             Backbone weight dtype (heads compute in float32).
         device : str or torch.device, optional
         seed : int
         """
-        backbone = Backbone.from_pretrained(
-            name_or_path, pooling=pooling, max_length=max_length, dtype=dtype
-        )
-        from_checkpoint = backbone.is_reward_checkpoint
-        head_options = {
-            "n_members": n_members,
-            "hidden_size": hidden_size,
-            "bootstrap": from_checkpoint if bootstrap is None else bootstrap,
-            "anchor": anchor,
-            "init_scale": init_scale,
-            "seed": seed,
-        }
-        lora = {
-            "r": lora_r,
-            "lora_alpha": lora_alpha,
-            "lora_dropout": lora_dropout,
-            "target_modules": lora_target_modules,
-        }
-        config = RewardModelConfig(
+        head = dict(head_options or {})
+        shortcuts = {"hidden_size": hidden_size, "bootstrap": bootstrap, "anchor": anchor}
+        given = {k: v for k, v in shortcuts.items() if v is not None}
+        if given and uq in ("laplace", "pyro"):
+            raise ValueError(
+                f"{', '.join(given)} apply to ensemble heads, not uq={uq!r}; "
+                "pass that head's options as head_options={...}"
+            )
+        head.update(given)
+        if uq not in ("laplace", "pyro"):
+            head.setdefault("seed", seed)
+        lora = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
+        config = RewardModelConfig(  # validates every option before anything is loaded
             backbone=str(name_or_path),
             uq=uq,
             n_members=n_members,
             pooling=pooling,
             max_length=max_length,
             finetune=finetune,
-            head=head_options,
-            lora=lora if finetune == "lora" else {},
+            head=head,
+            members=dict(member_options or {}),
+            lora={**lora, **(lora_options or {})} if finetune == "lora" else {},
             seed=seed,
         )
-        head = EnsembleHead(backbone.hidden_size, **head_options)
-        if from_checkpoint:
+        backbone = Backbone.from_pretrained(
+            name_or_path, pooling=pooling, max_length=max_length, dtype=dtype
+        )
+        if backbone.is_reward_checkpoint and uq == "heads":
+            config.head.setdefault("bootstrap", True)
+        backbone, head_module = _build_layers(config, backbone)
+        if backbone.is_reward_checkpoint and uq == "heads" and not config.head.get("hidden_size"):
             layer = backbone.score_layer
-            head.init_from_linear(layer.weight.detach().float(), _bias(layer))
-        if finetune == "lora":
-            backbone.model = _add_lora(backbone.model, lora)
-        model = cls(backbone, head, config)
+            head_module.init_from_linear(layer.weight.detach().float(), _bias(layer))
+        model = cls(backbone, head_module, config)
         return model.to(device) if device is not None else model
 
     # -- inputs ---------------------------------------------------------------------
@@ -251,24 +278,37 @@ class RewardModel(nn.Module):
         _require_dataset(train_dataset, "train_dataset")
         if eval_dataset is not None:
             _require_dataset(eval_dataset, "eval_dataset")
-        frozen = self.config.finetune == "frozen"
-        defaults = FitConfig() if frozen else FitConfig(epochs=3, batch_size=16, lr=2e-5)
         given = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
-        config = defaults.replace(
+        config = self._default_fit_config().replace(
             progress=progress, **{k: v for k, v in given.items() if v is not None}, **options
         )
         margin = _column(train_dataset.margin)
         weight = _column(train_dataset.weight)
-        if frozen:
-            phi_c, phi_r = self.features(train_dataset, progress=progress)
+        if self.trains_backbone:
+            self.history_ = self._finetune(train_dataset, eval_dataset, margin, weight, config)
+            return self
+        phi_c, phi_r = self.features(train_dataset, progress=progress)
+        if isinstance(self.head, EnsembleHead):
             eval_pairs = None if eval_dataset is None else self.features(eval_dataset)
             self.head.fit(
                 phi_c, phi_r, margin=margin, weight=weight, eval_pairs=eval_pairs, config=config
             )
             self.history_ = self.head.history_
-        else:
-            self.history_ = self._finetune(train_dataset, eval_dataset, margin, weight, config)
+        else:  # closed-form / Bayesian heads have their own inference
+            self.head.fit(phi_c, phi_r, margin=margin, weight=weight)
+            self.history_ = None
         return self
+
+    @property
+    def trains_backbone(self) -> bool:
+        """Whether ``fit`` trains backbone weights (members or fine-tuning) with the heads."""
+        return isinstance(self.backbone, MemberBackbone) or self.config.finetune != "frozen"
+
+    def _default_fit_config(self) -> FitConfig:
+        if not self.trains_backbone:
+            return FitConfig()
+        full = self.config.uq == "deep" or self.config.finetune == "full"
+        return FitConfig(epochs=3, batch_size=16, lr=2e-5 if full else 1e-4, head_lr=1e-3)
 
     def _finetune(self, train, evaluation, margin, weight, config: FitConfig) -> FitHistory:
         """Train backbone and heads end to end on tokenised pairs."""
@@ -278,6 +318,7 @@ class RewardModel(nn.Module):
             phi = self.backbone.encode(tokens)
             self.head._restandardize(phi)
         eval_pairs = None if evaluation is None else self._pair_tokens(evaluation)
+        regularizer = getattr(self.backbone, "regularizer", None)  # e.g. LoRA-member diversity
 
         def batch_loss(idx: Tensor):
             rows = torch.cat([idx, idx + n]).tolist()
@@ -288,7 +329,10 @@ class RewardModel(nn.Module):
             member_loss = bradley_terry_loss(rc - rr, target_margin=tm, weight=w)
             if config.center_coef:
                 member_loss = member_loss + config.center_coef * centering_penalty(rc, rr)
-            return member_loss.mean(), (rc - rr).mean(0)
+            loss = member_loss.mean()
+            if regularizer is not None:
+                loss = loss + regularizer()
+            return loss, (rc - rr).mean(0)
 
         def evaluate():
             etokens, m = eval_pairs
@@ -299,9 +343,18 @@ class RewardModel(nn.Module):
                 (margins.mean(0) > 0).float().mean()
             )
 
+        head_params = list(self.head.parameters())
+        head_ids = {id(p) for p in head_params}
+        backbone_params = [
+            p for p in self.parameters() if p.requires_grad and id(p) not in head_ids
+        ]
+        groups = [{"params": head_params, "lr": config.head_lr or config.lr}]
+        if backbone_params:
+            groups.append({"params": backbone_params})
         history = fit_pairs(
             self,
             batch_loss,
+            param_groups=groups,
             n_pairs=n,
             config=config,
             evaluate=None if eval_pairs is None else evaluate,
@@ -412,9 +465,9 @@ class RewardModel(nn.Module):
             raise ValueError("a fine-tuned backbone must be saved: use save_backbone=True")
         if save_backbone:
             if self.config.finetune == "lora":
-                model = model.merge_and_unload()  # adapters folded in: same function
-                self.backbone.model = model
-                self.config.finetune = config["finetune"] = "full"
+                # adapters folded into a copy (same function); loading adds fresh identity
+                # adapters on top, so training can go on in LoRA mode
+                model = copy.deepcopy(model).merge_and_unload()
             model.save_pretrained(out / "backbone", safe_serialization=True)
             self.backbone.tokenizer.save_pretrained(out / "backbone")
             config["backbone"] = "backbone"
@@ -452,6 +505,9 @@ class RewardModel(nn.Module):
         backbone = Backbone.from_pretrained(
             source, pooling=config.pooling, max_length=config.max_length
         )
+        backbone, _ = _build_layers(config, backbone)
+        if isinstance(backbone, MemberBackbone):
+            backbone.load_members(directory / "members")
         head = load_head(directory / "head")
         model = cls(backbone, head, config).eval()
         if (directory / CALIBRATOR_NAME).is_file():
@@ -483,6 +539,32 @@ def _column(values) -> Tensor | None:
 
 def _bias(layer: nn.Linear) -> Tensor | None:
     return None if layer.bias is None else layer.bias.detach().float()
+
+
+def _build_layers(config: RewardModelConfig, backbone: Backbone):
+    """The uncertainty layer of ``config`` on a loaded plain backbone: (backbone, head)."""
+    d = backbone.hidden_size
+    if config.uq in MEMBER_METHODS:
+        from auq.members import MEMBER_REGISTRY
+
+        backbone = MEMBER_REGISTRY[config.uq].build(
+            backbone, n_members=config.n_members, **config.members
+        )
+        k = 1 if config.uq == "mc_dropout" else config.n_members  # T passes share one head
+        head = EnsembleHead(d, n_members=k, **config.head)
+    elif config.uq == "heads":
+        head = EnsembleHead(d, n_members=config.n_members, **config.head)
+    elif config.uq == "laplace":
+        from auq.heads.laplace import LaplaceHead
+
+        head = LaplaceHead(d, **config.head)
+    else:
+        from auq.heads.pyro_head import PyroHead
+
+        head = PyroHead(d, **config.head)
+    if config.finetune == "lora":
+        backbone.model = _add_lora(backbone.model, config.lora)
+    return backbone, head
 
 
 def _add_lora(model: nn.Module, lora: dict[str, Any]) -> nn.Module:

@@ -301,7 +301,7 @@ class PreferencePrediction:
 
     @property
     def is_sample_based(self) -> bool:
-        """True when the margins come as stored draws (ensembles), False when Gaussian-closed-form."""
+        """True when the margins come as stored draws (ensembles), False when closed-form."""
         return not self._closed_form
 
     @property

@@ -87,7 +87,9 @@ def test_finetuning_changes_the_backbone_and_round_trips(
     finetune, tiny_bert_dir, builtin_small, tmp_path
 ):
     train, test = builtin_small
-    rm = auq.RewardModel.from_backbone(tiny_bert_dir, n_members=2, finetune=finetune, lora_r=4)
+    rm = auq.RewardModel.from_backbone(
+        tiny_bert_dir, n_members=2, finetune=finetune, lora_options={"r": 4}
+    )
     before = rm.score(test.prompts[:4], test.chosen[:4]).mean
     rm.fit(
         train.select(range(32)),
@@ -137,8 +139,14 @@ def test_conversational_rows_use_the_chat_template(tiny_gpt2_dir):
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"uq": "bogus"}, ValueError, "uq='bogus' is not supported; valid choices: 'heads'"),
-        ({"uq": "laplace"}, NotImplementedError, "planned but not available.*available: 'heads'"),
+        (
+            {"uq": "bogus"},
+            ValueError,
+            "uq='bogus' is not supported; valid choices: 'heads', 'lora'",
+        ),
+        ({"uq": "lora", "n_members": 1}, ValueError, "n_members must be an integer >= 2"),
+        ({"uq": "laplace", "hidden_size": 4}, ValueError, "hidden_size apply to ensemble heads"),
+        ({"uq": "partial", "finetune": "full"}, ValueError, "does not combine with uq='partial'"),
         ({"n_members": 0}, ValueError, "n_members must be an integer >= 1"),
         ({"finetune": "half"}, ValueError, "finetune='half' is not supported; valid choices"),
         ({"pooling": "max"}, ValueError, "pooling='max' is not supported"),

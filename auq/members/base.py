@@ -80,10 +80,10 @@ class MemberBackbone(Backbone):
         mask = attention_mask.repeat(k, 1)  # (K·B, L)
         return _pool(hidden.reshape(k * b, length, d), mask, self.pooling).reshape(k, b, d).float()
 
-    def save_members(self, directory: str | Path) -> None:  # noqa: B027 - optional hook
+    def save_members(self, directory: str | Path) -> None:
         """Write member weights that the base model does not hold (default: none)."""
 
-    def load_members(self, directory: str | Path) -> None:  # noqa: B027 - optional hook
+    def load_members(self, directory: str | Path) -> None:
         """Read what :meth:`save_members` wrote (default: nothing)."""
 
     @classmethod

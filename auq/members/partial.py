@@ -126,7 +126,8 @@ class PartialMembers(MemberBackbone):
             raise ValueError(f"n_members must be >= 2 for an ensemble, got {n_members!r}")
         if not init_noise >= 0:
             raise ValueError(f"init_noise must be >= 0, got {init_noise!r}")
-        layers, _ = _architecture(backbone.model)
+        member = cls._adopt(backbone)
+        layers, norm = _architecture(member.model)
         depth = len(layers)
         if isinstance(n_top_layers, bool) or not isinstance(n_top_layers, int):
             raise ValueError(
@@ -137,10 +138,8 @@ class PartialMembers(MemberBackbone):
                 f"n_top_layers must be in [1, {depth}] (the model has {depth} layers), "
                 f"got {n_top_layers}"
             )
-        member = cls._adopt(backbone)
         member.n_members, member.n_top_layers = n_members, n_top_layers
         member.init_noise, member.seed = float(init_noise), seed
-        layers, norm = _architecture(member.model)
         # plain lists: the base model owns (and registers) these modules
         member._top = list(layers[depth - n_top_layers :])  # templates for functional_call
         member._final_norm = [] if norm is None else [norm]

@@ -1,0 +1,130 @@
+"""LoraMembers: batched == PEFT adapter by adapter, diversity, gradients, options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from auq.backbone import Backbone, _pool
+from auq.batching import collate
+from auq.members import LoraMembers
+
+K = 3
+PROMPTS = ["How do I cook rice?", "Learn a language quickly?"]
+RESPONSES = ["Rinse it, then simmer covered for twenty minutes.", "Write code daily."]
+
+
+@pytest.fixture(params=["bert", "gpt2"])
+def model_dir(request, tiny_bert_dir, tiny_gpt2_dir):
+    return tiny_bert_dir if request.param == "bert" else tiny_gpt2_dir
+
+
+def _build(path, **options) -> LoraMembers:
+    backbone = Backbone.from_pretrained(path, max_length=32)
+    return LoraMembers.build(backbone, n_members=K, **{"r": 4, **options})
+
+
+def test_batched_members_equal_peft_adapters_one_by_one(model_dir, tmp_path):
+    """Saved members load into PEFT; set_adapter(member_k) reproduces row k of one forward."""
+    from peft import PeftModel
+
+    member = _build(model_dir, lora_alpha=8, init_scale=0.05)
+    tokens = member.tokenize(PROMPTS, RESPONSES)
+    phi = member.encode(tokens)  # (K, 2, d)
+    member.save_members(tmp_path)
+
+    base = Backbone.from_pretrained(model_dir, max_length=32).model
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "member_0", adapter_name="member_0")
+    for k in range(1, K):
+        peft_model.load_adapter(tmp_path / f"member_{k}", adapter_name=f"member_{k}")
+    peft_model.eval()
+    inputs = collate(tokens, [0, 1], pad_token_id=member.tokenizer.pad_token_id)
+    loop = []
+    with torch.no_grad():
+        for k in range(K):
+            peft_model.set_adapter(f"member_{k}")
+            hidden = peft_model(**inputs).last_hidden_state
+            loop.append(_pool(hidden, inputs["attention_mask"], member.pooling))
+    torch.testing.assert_close(phi, torch.stack(loop), rtol=1e-5, atol=1e-5)
+
+
+def test_members_differ_after_build_and_zero_b_is_the_base_model(tiny_bert_dir):
+    tokens = Backbone.from_pretrained(tiny_bert_dir, max_length=32).tokenize(PROMPTS, RESPONSES)
+    phi = _build(tiny_bert_dir).encode(tokens)
+    for k in range(1, K):
+        assert (phi[k] - phi[0]).abs().max() > 1e-4
+    # init_scale=0 is PEFT's B = 0: every member equals the untouched base model
+    base = Backbone.from_pretrained(tiny_bert_dir, max_length=32).encode(tokens)
+    zero = _build(tiny_bert_dir, init_scale=0.0).encode(tokens)
+    torch.testing.assert_close(zero, base.expand(K, -1, -1), rtol=0, atol=1e-6)
+
+
+def test_gradients_reach_every_adapter_of_every_member(model_dir):
+    member = _build(model_dir, lora_dropout=0.1)
+    member.train()
+    tokens = member.tokenize(PROMPTS, RESPONSES)
+    phi = member.features_of(tokens, [0, 1])  # (K, 2, d)
+    (phi * torch.randn_like(phi)).sum().backward()
+    for name, lora in zip(member.target_names, member.adapters, strict=True):
+        for p in (lora.lora_A, lora.lora_B):
+            per_member = p.grad.flatten(1).norm(dim=1)  # (K,)
+            assert (per_member > 0).all(), name
+    assert all(p.grad is None for p in member.model.parameters())
+
+
+def test_forward_leaves_no_hooks_and_a_plain_base_model(tiny_gpt2_dir):
+    plain = Backbone.from_pretrained(tiny_gpt2_dir, max_length=32).model
+    member = _build(tiny_gpt2_dir)
+    member.encode(member.tokenize(PROMPTS, RESPONSES))
+    assert all(not m._forward_hooks for m in member.model.modules())
+    assert member.model.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_lora_dropout_acts_in_training_only(tiny_gpt2_dir):
+    member = _build(tiny_gpt2_dir, lora_dropout=0.5)
+    tokens = member.tokenize(PROMPTS, RESPONSES)
+    torch.testing.assert_close(member.encode(tokens), member.encode(tokens), rtol=0, atol=0)
+    member.train()
+    a, b = member.features_of(tokens, [0, 1]), member.features_of(tokens, [0, 1])
+    assert (a - b).abs().max() > 1e-6
+
+
+def test_all_linear_skips_the_pooler_and_names_select_layers(tiny_bert_dir, tiny_gpt2_dir):
+    bert = _build(tiny_bert_dir)
+    assert bert.target_names and not any("pooler" in n for n in bert.target_names)
+    gpt2 = _build(tiny_gpt2_dir, target_modules=["c_attn"])
+    assert gpt2.target_names == ["h.0.attn.c_attn", "h.1.attn.c_attn"]
+    regex = _build(tiny_gpt2_dir, target_modules=r"h\.1\.mlp\..*")
+    assert regex.target_names == ["h.1.mlp.c_fc", "h.1.mlp.c_proj"]
+
+
+def test_diversity_regularizer(tiny_gpt2_dir):
+    off = _build(tiny_gpt2_dir)
+    assert off.regularizer().item() == 0.0
+    member = _build(tiny_gpt2_dir, diversity=0.1)
+    reg = member.regularizer()
+    assert reg.item() < 0 and reg.requires_grad
+    opt = torch.optim.SGD(member.adapters.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = member.regularizer()
+        loss.backward()
+        opt.step()
+    assert member.regularizer().item() < reg.item()  # the stacked A matrices spread out
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"r": 0}, "r must be an integer >= 1"),
+        ({"lora_alpha": 0}, "lora_alpha must be > 0"),
+        ({"lora_dropout": 1.0}, r"lora_dropout must be in \[0, 1\)"),
+        ({"init_lora_weights": "pissa"}, "valid choices: True, 'gaussian'"),
+        ({"init_scale": -1.0}, "init_scale must be >= 0"),
+        ({"diversity": -1.0}, "diversity must be >= 0"),
+        ({"target_modules": ["nope"]}, "matches no nn.Linear/Conv1D layer.*h.0.attn.c_attn"),
+    ],
+)
+def test_bad_options_are_refused_with_the_valid_values(tiny_gpt2_dir, options, message):
+    with pytest.raises(ValueError, match=message):
+        _build(tiny_gpt2_dir, **options)
