@@ -6,7 +6,9 @@ Users ask templated questions ("How do I {task}?") about one of eight
 in-distribution topics (:data:`BUILTIN_TOPICS`) or, with ``domain="ood"``, one of
 four out-of-distribution topics (:data:`OOD_TOPICS`) whose topical vocabulary is
 disjoint from the in-distribution one. A response is 1–4 sentences drawn from
-phrase banks; every sentence carries exactly one attribute:
+phrase banks; it has a latent quality q ~ U(0, 1) that mixes a "good" and a "bad"
+style, so responses are coherent rather than random. Every sentence carries
+exactly one attribute:
 
 ================  ====================================================  ==========
 attribute         example                                               gold value
@@ -34,12 +36,17 @@ Label noise
 -----------
 Each prompt gets two different responses a, b with different gold rewards; the
 label is sampled from Bradley–Terry, ``P(a ≻ b) = σ((g_a − g_b) / T)`` with
-``T = LABEL_TEMPERATURE`` (0.3), and the sampled winner goes to ``chosen``. At this
+``T = LABEL_TEMPERATURE`` (0.33), and the sampled winner goes to ``chosen``. At this
 temperature the *gold ceiling* — the accuracy of the gold reward itself against
-the sampled labels (:func:`gold_ceiling`) — is about 0.87, close to the expected
-Bayes accuracy :func:`bayes_accuracy`. Per-row ``gold_chosen`` / ``gold_rejected``,
-``gold_prob`` (the gold P(chosen ≻ rejected) the label was drawn from) and the
-prompt's ``topic`` are kept as extra columns.
+the sampled labels (:func:`gold_ceiling`) — is about 0.88 (0.87–0.89 over seeds at
+N = 2000), close to the expected Bayes accuracy :func:`bayes_accuracy`. Per-row
+``gold_chosen`` / ``gold_rejected``, ``gold_prob`` (the gold P(chosen ≻ rejected)
+the label was drawn from) and the prompt's ``topic`` are kept as extra columns.
+
+Learnability: a logistic-regression head on the mean-pooled features of the frozen
+all-MiniLM-L6-v2 encoder (prompt and response as a text pair) reaches about 0.82
+held-out accuracy with 1,600 training pairs (gold ceiling about 0.88) and drops to
+about 0.56 on ``domain="ood"`` data, a deliberate shift for OOD tests.
 """
 
 from __future__ import annotations
@@ -66,7 +73,7 @@ __all__ = [
     "load_builtin_preferences",
 ]
 
-LABEL_TEMPERATURE = 0.3
+LABEL_TEMPERATURE = 0.33
 LENGTH_BONUS = 0.1
 HELPFUL_BASE, TOPIC_MATCH = 0.6, 0.9
 GOLD_VALUES = {
@@ -288,9 +295,11 @@ for _topic, (_tasks, _helpful, _wrong) in _TOPIC_BANKS.items():
     _SENTENCE_INFO.update({s: ("wrong", _topic) for s in _wrong})
     _TASK_TOPIC.update(dict.fromkeys(_tasks, _topic))
 _SPLIT = re.compile(r"(?<=[.!?])\s+")
-# per-sentence category probabilities: helpful (on), helpful (off-topic), wrong, generic
+# Sentence categories; a response with latent quality q in [0, 1] draws each sentence's
+# category from q * _GOOD_STYLE + (1 - q) * _BAD_STYLE (coherent, not random, responses).
 _CATEGORIES = ("on", "off", "wrong", "polite", "rude", "vague")
-_CAT_CDF = list(itertools.accumulate([0.36, 0.12, 0.14, 0.14, 0.10, 0.14]))
+_GOOD_STYLE = (0.55, 0.05, 0.05, 0.22, 0.03, 0.10)
+_BAD_STYLE = (0.12, 0.20, 0.25, 0.05, 0.18, 0.20)
 _ORDER = {"polite": 0, "rude": 0, "on": 1, "off": 1, "wrong": 1, "vague": 2}
 
 
@@ -323,10 +332,12 @@ def gold_reward(prompt: str, response: str) -> float:
 
 def _response(topic: str, topics: tuple[str, ...], u: list[float]) -> str:
     """Assemble one response from uniforms ``u`` of shape (13,)."""
-    n = 1 + int(u[0] * 4)
+    n, q = 1 + int(u[0] * 4), (u[0] * 4) % 1.0  # length 1-4 and quality from one uniform
+    probs = [q * g + (1 - q) * b for g, b in zip(_GOOD_STYLE, _BAD_STYLE, strict=True)]
+    cdf = list(itertools.accumulate(probs))
     parts: list[tuple[int, str]] = []
     for k in range(n):
-        cat = _CATEGORIES[bisect.bisect(_CAT_CDF, u[1 + 3 * k] * _CAT_CDF[-1])]
+        cat = _CATEGORIES[bisect.bisect(cdf, u[1 + 3 * k] * cdf[-1])]
         if cat in GENERIC:
             bank = GENERIC[cat]
         else:

@@ -54,19 +54,14 @@ def _check_messages(field: str | None, msgs: Sequence[Any]) -> None:
     if len(msgs) == 0:
         raise _RowError(field, "malformed message list: no messages")
     for j, m in enumerate(msgs):
+        bad = f"malformed message list: message {j}"
         if not isinstance(m, Mapping):
-            raise _RowError(
-                field,
-                f"malformed message list: message {j} is a {type(m).__name__}, "
-                "expected a dict with str 'role' and 'content'",
-            )
+            kind = type(m).__name__
+            raise _RowError(field, f"{bad} is a {kind}, expected a dict with 'role', 'content'")
         for key in ("role", "content"):
             if not isinstance(m.get(key), str):
-                raise _RowError(
-                    field,
-                    f"malformed message list: message {j} needs a str {key!r}, "
-                    f"got {type(m.get(key)).__name__}",
-                )
+                kind = type(m.get(key)).__name__
+                raise _RowError(field, f"{bad} needs a str {key!r}, got {kind}")
         if not m["content"].strip():
             raise _RowError(field, f"empty text in message {j}")
 
@@ -214,6 +209,11 @@ class PreferenceDataset:
     def _set(self, cols: dict[str, Any], conversational: bool, skipped: list) -> None:
         self._cols, self._conversational, self._skipped = cols, conversational, skipped
 
+    def _derived(self, cols: dict[str, Any], conversational: bool) -> PreferenceDataset:
+        obj = type(self).__new__(type(self))
+        obj._set(cols, conversational, [])
+        return obj
+
     @classmethod
     def _from_rows(cls, rows: list[Any], on_error: str) -> PreferenceDataset:
         obj = cls.__new__(cls)
@@ -297,15 +297,23 @@ class PreferenceDataset:
         """Dispreferred responses, length N."""
         return list(self._cols["rejected"])
 
+    def _numeric(self, name: str) -> np.ndarray | None:
+        v = self._cols.get(name)
+        if v is None:
+            return None
+        v = v.view()
+        v.flags.writeable = False  # a read-only view: edits must go through a new dataset
+        return v
+
     @property
     def margin(self) -> np.ndarray | None:
         """Preference margins, float64 shape (N,), or None when the column is absent."""
-        return self._cols.get("margin")
+        return self._numeric("margin")
 
     @property
     def weight(self) -> np.ndarray | None:
         """Per-pair weights ≥ 0, float64 shape (N,), or None when absent."""
-        return self._cols.get("weight")
+        return self._numeric("weight")
 
     @property
     def columns(self) -> list[str]:
@@ -317,7 +325,7 @@ class PreferenceDataset:
         if name not in self._cols:
             raise KeyError(f"no column {name!r}; columns: {self.columns}")
         v = self._cols[name]
-        return v if isinstance(v, np.ndarray) else list(v)
+        return self._numeric(name) if isinstance(v, np.ndarray) else list(v)
 
     @property
     def is_conversational(self) -> bool:
@@ -347,9 +355,7 @@ class PreferenceDataset:
             c: (v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx])
             for c, v in self._cols.items()
         }
-        obj = type(self).__new__(type(self))
-        obj._set(cols, self._conversational, [])
-        return obj
+        return self._derived(cols, self._conversational)
 
     def __getitem__(self, key: Any) -> dict[str, Any] | PreferenceDataset:
         """``ds[i]`` → row dict; ``ds[slice | list | array]`` → new dataset."""
@@ -420,9 +426,7 @@ class PreferenceDataset:
         for c in [*self._cols, *(c for c in other._cols if c not in self._cols)]:
             a, b = self._cols.get(c, [None] * len(self)), other._cols.get(c, [None] * len(other))
             cols[c] = np.concatenate([a, b]) if c in NUMERIC_COLUMNS else [*a, *b]
-        obj = type(self).__new__(type(self))
-        obj._set(cols, self._conversational, [])
-        return obj
+        return self._derived(cols, self._conversational)
 
     # -- export --------------------------------------------------------------------------
 
@@ -455,9 +459,7 @@ class PreferenceDataset:
             pairs = zip(self._cols["prompt"], self._cols[c], strict=True)
             cols[c] = [render_pair_texts(p, r, tokenizer)[1] for p, r in pairs]
         cols["prompt"] = [_render_prompt(p, tokenizer) for p in self._cols["prompt"]]
-        obj = type(self).__new__(type(self))
-        obj._set(cols, False, [])
-        return obj
+        return self._derived(cols, False)
 
     def __repr__(self) -> str:
         kind = "conversational" if self._conversational else "plain"
@@ -473,11 +475,12 @@ def symmetrize(margins: Any, labels: Any = None) -> tuple[Any, Any]:
     """Swap-symmetrise pairwise data for calibration.
 
     Each pair (Δ, y) is also presented swapped, (−Δ, 1 − y). For an antisymmetric
-    preference model, P(b ≻ a) = 1 − P(a ≻ b), the swapped pair carries exactly the
-    same information, so the fitted temperature is unchanged in expectation. But a
-    calibration set built the usual way has every label equal to 1 ("chosen wins"):
-    on it a temperature fit is driven to T → 0 and Platt / isotonic regression see
-    one class only; the symmetrised set has both classes and calibrates.
+    model, P(b ≻ a) = 1 − P(a ≻ b), the swapped pair carries the same information:
+    a temperature fit σ(Δ / T) (no intercept) gets exactly twice the likelihood and
+    the same T. But a calibration set built the usual way has every label equal to 1
+    ("chosen wins"): Platt scaling's intercept then absorbs "always 1" and diverges,
+    and isotonic regression or scikit-learn's ``LogisticRegression`` see one class
+    only. The symmetrised set is balanced, has both classes, and so still calibrates.
 
     Parameters
     ----------

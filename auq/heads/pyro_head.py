@@ -268,6 +268,7 @@ class PyroHead(PreferenceHead):
         self.fit_standardization(torch.cat([phi_c, phi_r]))  # union of chosen and rejected
         z = self.standardize_features(phi_c) - self.standardize_features(phi_r)  # (B, d)
         args = (z, target, pair_weight)
+        self.loss_history_ = []
         with (
             pyro.settings.context(module_local_params=True),
             pyro.get_param_store().scope(),
@@ -314,14 +315,15 @@ class PyroHead(PreferenceHead):
             from tqdm.auto import tqdm
 
             steps = tqdm(steps, desc=f"SVI ({self.guide})")
-        self.loss_history_ = []
+        losses = []
         for _ in steps:
             optim.zero_grad()
             loss = elbo(*args)
             loss.backward()
             optim.step()
             decay.step()
-            self.loss_history_.append(loss.item())
+            losses.append(loss.detach())  # no host sync per step
+        self.loss_history_ = torch.stack(losses).tolist()
         with torch.no_grad():
             predictive = Predictive(
                 guide, num_samples=self.num_samples, parallel=True, return_sites=["weight"]

@@ -45,7 +45,8 @@ def svi():
 
 
 def test_svi_recovers_known_weights(svi):
-    """d = 5, n = 2000, mean-field guide: ‖E[w] − w‖/‖w‖ measured 0.071, bound 0.15."""
+    """d = 5, n = 2000, mean-field guide, 400 steps: ‖E[w] − w‖/‖w‖ measured 0.077
+    (bound 0.15); every |E[w_j] − w_j| ≤ 2.9 posterior s.d. (bound 4)."""
     head, _, _, w = svi
     mean, std = head.posterior_mean_, head.posterior_std_
     assert float((mean - w).norm() / w.norm()) < 0.15
@@ -90,7 +91,8 @@ def test_credible_interval_coverage_matches_laplace_on_the_same_data():
 @pytest.mark.slow
 def test_credible_intervals_cover_nominal_rate_mvn():
     """w ~ prior, d = 5, n = 1000, full-covariance guide, 20 data sets × 1000 test pairs:
-    coverage of the nominal 90 % interval averaged over data sets, measured 0.864,
+    coverage of the nominal 90 % interval averaged over data sets, measured 0.847
+    (s.d. 0.14 across data sets),
     bound [0.80, 0.97]."""
     rates = []
     for seed in range(20):
@@ -101,8 +103,9 @@ def test_credible_intervals_cover_nominal_rate_mvn():
 
 
 def test_nuts_and_full_covariance_svi_agree():
-    """d = 3, n = 400: |Δ mean| measured ≤ 0.12 posterior s.d. (bound 0.35);
-    s.d. ratio mvn/NUTS measured in [0.93, 1.08] (bound [0.8, 1.25])."""
+    """d = 3, n = 400, NUTS 150 warm-up + 300 draws vs 400 SVI steps: |Δ mean| measured
+    ≤ 0.07 NUTS posterior s.d. (bound 0.35); s.d. ratio mvn/NUTS measured in
+    [0.94, 0.99] (bound [0.8, 1.25])."""
     chosen, rejected, _ = bt_pairs(1, d=3, n=400)
     nuts = PyroHead(3, inference="nuts", standardize=False, num_samples=300, warmup_steps=150)
     nuts.fit(chosen, rejected)
@@ -148,7 +151,7 @@ def test_no_param_store_leaks_and_no_global_rng_side_effects():
 
 
 def test_epistemic_variance_separates_out_of_distribution(svi):
-    """In-distribution φ ~ N(0, I) vs OOD 3·N(0, I) + 2: AUROC measured 1.000, bound 0.9."""
+    """In-distribution φ ~ N(0, I) vs OOD 3·N(0, I) + 2: AUROC measured 0.994, bound 0.9."""
     head, *_ = svi
     g = torch.Generator().manual_seed(5)
     ind, ood = torch.randn(500, 5, generator=g), 3 * torch.randn(500, 5, generator=g) + 2
@@ -165,10 +168,11 @@ def test_pairs_share_draws_and_entropy_identity(svi):
     assert pp.method == "pyro" and pp.margin_samples.shape == (512, 100)
 
 
-@pytest.mark.parametrize("guide", ["normal", "lowrank"])
-def test_save_load_round_trip(svi, tmp_path, guide):
+@pytest.mark.parametrize(("guide", "particles"), [("normal", 1), ("lowrank", 2)])
+def test_save_load_round_trip(svi, tmp_path, guide, particles):
     _, chosen, rejected, _ = svi
-    head = PyroHead(5, guide=guide, rank=2, num_steps=50, num_samples=64).fit(chosen, rejected)
+    head = PyroHead(5, guide=guide, rank=2, num_particles=particles, num_steps=50, num_samples=64)
+    head.fit(chosen, rejected)
     save_head(head, tmp_path)
     loaded = load_head(tmp_path)
     assert isinstance(loaded, PyroHead) and loaded.get_config() == head.get_config()
@@ -192,7 +196,7 @@ def test_zero_weights_equal_dropping_pairs_and_margins_shift():
 
 def test_prior_init_converges_to_the_same_posterior():
     """Starting from the prior median (Pyro's default) reaches the MAP-started fit:
-    means within 0.3 posterior s.d. after 800 steps."""
+    means within 0.3 posterior s.d. after 800 steps (measured ≤ 0.17)."""
     chosen, rejected, _ = bt_pairs(13, d=3, n=500)
     opts = {"standardize": False, "num_samples": 1000, "guide": "mvn"}
     ref = PyroHead(3, num_steps=300, **opts).fit(chosen, rejected)
