@@ -43,10 +43,11 @@ N = 2000), close to the expected Bayes accuracy :func:`bayes_accuracy`. Per-row
 ``gold_chosen`` / ``gold_rejected``, ``gold_prob`` (the gold P(chosen ≻ rejected)
 the label was drawn from) and the prompt's ``topic`` are kept as extra columns.
 
-Learnability: a logistic-regression head on the mean-pooled features of the frozen
-all-MiniLM-L6-v2 encoder (prompt and response as a text pair) reaches about 0.82
-held-out accuracy with 1,600 training pairs (gold ceiling about 0.88) and drops to
-about 0.56 on ``domain="ood"`` data, a deliberate shift for OOD tests.
+Learnability (measured once, seeds 0–2): a logistic-regression head on the mean-pooled
+features of the frozen all-MiniLM-L6-v2 encoder (prompt and response as a text pair),
+trained on 1,600 pairs, reaches 0.79–0.82 held-out accuracy against a gold ceiling of
+0.86–0.87 on the same rows, and 0.55–0.60 on ``domain="ood"`` data — a deliberate
+shift for OOD tests.
 """
 
 from __future__ import annotations

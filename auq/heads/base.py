@@ -87,13 +87,7 @@ class PreferenceHead(torch.nn.Module, ABC):
         margin samples ``Δ_s = r_s(chosen) − r_s(rejected)`` keep the covariance.
         Per-member features of shape (K, B, d) (backbone-level ensembles) work too.
         """
-        self._check_features("phi_chosen", phi_chosen)
-        self._check_features("phi_rejected", phi_rejected)
-        if phi_chosen.shape != phi_rejected.shape:
-            raise ValueError(
-                f"phi_chosen and phi_rejected must have the same shape, got "
-                f"{tuple(phi_chosen.shape)} and {tuple(phi_rejected.shape)}"
-            )
+        phi_chosen, phi_rejected, _, _ = self._check_pairs(phi_chosen, phi_rejected, None, None)
         b = phi_chosen.shape[-2]
         both = self.predict(torch.cat([phi_chosen, phi_rejected], dim=-2))  # (S, 2B)
         samples = both.samples
@@ -127,6 +121,57 @@ class PreferenceHead(torch.nn.Module, ABC):
         if not torch.isfinite(phi).all():
             raise ValueError(f"{name} contains NaN or infinite values")
 
+    def _check_pairs(
+        self,
+        phi_chosen: Tensor,
+        phi_rejected: Tensor,
+        margin: Tensor | None,
+        weight: Tensor | None,
+        dtype: torch.dtype = torch.float32,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Validate pair inputs and move them to the head's device in ``dtype``.
+
+        Parameters
+        ----------
+        phi_chosen, phi_rejected : Tensor, shape (B, d) (or (K, B, d) for member features)
+        margin, weight : Tensor, shape (B,), optional
+
+        Returns
+        -------
+        phi_chosen, phi_rejected : Tensor, shape as given
+        target : Tensor, shape (B,)
+            Target margins (zeros when ``margin`` is None).
+        weight : Tensor, shape (B,)
+            Non-negative pair weights with a positive sum (ones when ``weight`` is None).
+        """
+        self._check_features("phi_chosen", phi_chosen)
+        self._check_features("phi_rejected", phi_rejected)
+        if phi_chosen.shape != phi_rejected.shape:
+            raise ValueError(
+                f"phi_chosen and phi_rejected must have the same shape, got "
+                f"{tuple(phi_chosen.shape)} and {tuple(phi_rejected.shape)}"
+            )
+        b = phi_chosen.shape[-2]
+        if b == 0:
+            raise ValueError("fit needs at least one pair; got 0")
+        device = self.feature_mean.device
+        out = []
+        for name, value, default in (("margin", margin, 0.0), ("weight", weight, 1.0)):
+            if value is None:
+                out.append(torch.full((b,), default, dtype=dtype, device=device))
+                continue
+            value = torch.as_tensor(value)
+            if tuple(value.shape) != (b,):
+                raise ValueError(f"{name} must have shape ({b},), got {tuple(value.shape)}")
+            if not torch.isfinite(value).all():
+                raise ValueError(f"{name} contains NaN or infinite values")
+            out.append(value.to(device=device, dtype=dtype))
+        target, pair_weight = out
+        if (pair_weight < 0).any() or not pair_weight.sum() > 0:
+            raise ValueError("weight must be non-negative with a positive sum")
+        cast = {"device": device, "dtype": dtype}
+        return phi_chosen.to(**cast), phi_rejected.to(**cast), target, pair_weight
+
     def _check_fitted(self) -> None:
         if not bool(self.is_fitted):
             raise RuntimeError(f"{type(self).__name__} is not fitted yet; call .fit(...) first")
@@ -150,6 +195,8 @@ def load_head(directory: str | Path, *, device: torch.device | str = "cpu") -> P
     directory = Path(directory)
     spec = json.loads((directory / CONFIG_NAME).read_text())
     name = spec.get("class")
+    if name == "PyroHead":
+        import auq.heads.pyro_head  # noqa: F401 - registers the lazily imported head
     if name not in HEAD_REGISTRY:
         raise ValueError(
             f"{directory / CONFIG_NAME}: unknown head class {name!r}; "

@@ -200,31 +200,22 @@ class EnsembleHead(PreferenceHead):
         -------
         self
         """
-        self._check_features("phi_chosen", phi_chosen)
-        self._check_features("phi_rejected", phi_rejected)
-        if phi_chosen.shape != phi_rejected.shape:
-            raise ValueError(
-                "phi_chosen and phi_rejected must have the same shape, got "
-                f"{tuple(phi_chosen.shape)} and {tuple(phi_rejected.shape)}"
-            )
         config = (config or FitConfig()).replace(**config_overrides)
+        phi_chosen, phi_rejected, target, pair_weight = self._check_pairs(
+            phi_chosen, phi_rejected, margin, weight
+        )
         n = phi_chosen.shape[-2]
-        self._restandardize(torch.cat([phi_chosen, phi_rejected], dim=-2).float())
-        member_weight = self._bootstrap_weights(n)  # (K, B) or None
-        pair_weight = None if weight is None else weight.float()
+        self._restandardize(torch.cat([phi_chosen, phi_rejected], dim=-2))
+        if self.bootstrap:  # per-member Poisson(1) resampling weights, (K, B)
+            gen = torch.Generator().manual_seed(self.seed + 1)
+            pair_weight = pair_weight * torch.poisson(torch.ones(self.n_members, n), generator=gen)
 
         def batch_loss(idx: Tensor) -> tuple[Tensor, Tensor]:
             r = self(torch.cat([phi_chosen[..., idx, :], phi_rejected[..., idx, :]], dim=-2))
-            rc, rr = r[:, : len(idx)], r[:, len(idx) :]
-            w = None if member_weight is None else member_weight[:, idx]
-            if pair_weight is not None:
-                w = (
-                    pair_weight[idx].expand(self.n_members, -1)
-                    if w is None
-                    else w * pair_weight[idx]
-                )
-            tm = None if margin is None else margin[idx].float()
-            member_loss = bradley_terry_loss(rc - rr, target_margin=tm, weight=w)  # (K,)
+            rc, rr = r[:, : len(idx)], r[:, len(idx) :]  # (K, b) each
+            member_loss = bradley_terry_loss(
+                rc - rr, target_margin=target[idx], weight=pair_weight[..., idx]
+            )  # (K,)
             if config.center_coef:
                 member_loss = member_loss + config.center_coef * centering_penalty(rc, rr)
             # mean over members (AdamW is invariant to the 1/K scale of each gradient)
@@ -275,12 +266,6 @@ class EnsembleHead(PreferenceHead):
             scale = ratio if w.ndim == 2 else ratio[:, None]
             w.mul_(scale)
             anchor.mul_(scale)
-
-    def _bootstrap_weights(self, n: int) -> Tensor | None:
-        if not self.bootstrap:
-            return None
-        gen = torch.Generator().manual_seed(self.seed + 1)
-        return torch.poisson(torch.ones(self.n_members, n), generator=gen)
 
     # -- checkpoints ----------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:

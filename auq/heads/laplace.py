@@ -40,53 +40,6 @@ from auq.uncertainty import probit_probability
 __all__ = ["LaplaceHead"]
 
 
-def _pair_inputs(
-    head: PreferenceHead,
-    phi_chosen: Tensor,
-    phi_rejected: Tensor,
-    margin: Tensor | None,
-    weight: Tensor | None,
-    dtype: torch.dtype,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Validate pair inputs and move them to the head's device in ``dtype``.
-
-    Returns
-    -------
-    phi_chosen, phi_rejected : Tensor, shape (B, d)
-    target : Tensor, shape (B,)
-        Target margins (zeros when ``margin`` is None).
-    weight : Tensor, shape (B,)
-        Non-negative pair weights (ones when ``weight`` is None).
-    """
-    head._check_features("phi_chosen", phi_chosen)
-    head._check_features("phi_rejected", phi_rejected)
-    if phi_chosen.shape != phi_rejected.shape:
-        raise ValueError(
-            f"phi_chosen and phi_rejected must have the same shape, got "
-            f"{tuple(phi_chosen.shape)} and {tuple(phi_rejected.shape)}"
-        )
-    b = phi_chosen.shape[0]
-    if b == 0:
-        raise ValueError("fit needs at least one pair; got 0")
-    device = head.feature_mean.device
-    out = []
-    for name, value, default in (("margin", margin, 0.0), ("weight", weight, 1.0)):
-        if value is None:
-            out.append(torch.full((b,), default, dtype=dtype, device=device))
-            continue
-        value = torch.as_tensor(value)
-        if tuple(value.shape) != (b,):
-            raise ValueError(f"{name} must have shape ({b},), got {tuple(value.shape)}")
-        if not torch.isfinite(value).all():
-            raise ValueError(f"{name} contains NaN or infinite values")
-        out.append(value.to(device=device, dtype=dtype))
-    target, pair_weight = out
-    if (pair_weight < 0).any() or not pair_weight.sum() > 0:
-        raise ValueError("weight must be non-negative with a positive sum")
-    cast = {"device": device, "dtype": dtype}
-    return phi_chosen.to(**cast), phi_rejected.to(**cast), target, pair_weight
-
-
 def _bt_objective(w: Tensor, z: Tensor, target: Tensor, weight: Tensor, tau: float) -> Tensor:
     """Negative log joint ``−Σ v_i log σ(wᵀz_i − m_i) + ½ τ ‖w‖²`` (a scalar)."""
     return (weight * F.softplus(target - z @ w)).sum() + 0.5 * tau * w.dot(w)
@@ -292,8 +245,8 @@ class LaplaceHead(PreferenceHead):
             ``self``, fitted. Computation runs in float64; buffers keep their dtype.
         """
         f64 = torch.float64
-        phi_c, phi_r, target, pair_weight = _pair_inputs(
-            self, phi_chosen, phi_rejected, margin, weight, f64
+        phi_c, phi_r, target, pair_weight = self._check_pairs(
+            phi_chosen, phi_rejected, margin, weight, f64
         )
         both = torch.cat([phi_c, phi_r])  # (2B, d)
         self.fit_standardization(both)

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from auq._validation import check_choice, check_positive_int
 from auq.heads.base import PreferenceHead, register_head
-from auq.heads.laplace import _newton_map, _pair_inputs
+from auq.heads.laplace import _newton_map
 from auq.types import RewardPrediction
 
 __all__ = ["BradleyTerryModel", "PyroHead"]
@@ -262,8 +262,8 @@ class PyroHead(PreferenceHead):
             ``self``, fitted.
         """
         dtype = self.weight_samples.dtype
-        phi_c, phi_r, target, pair_weight = _pair_inputs(
-            self, phi_chosen, phi_rejected, margin, weight, dtype
+        phi_c, phi_r, target, pair_weight = self._check_pairs(
+            phi_chosen, phi_rejected, margin, weight, dtype
         )
         self.fit_standardization(torch.cat([phi_c, phi_r]))  # union of chosen and rejected
         z = self.standardize_features(phi_c) - self.standardize_features(phi_r)  # (B, d)

@@ -101,10 +101,10 @@ def test_shared_lower_part_runs_once_on_b_rows(tiny_bert_dir):
     member.model.embeddings.register_forward_hook(record("embeddings"))
     layers[0].register_forward_hook(record("layer0"))
 
-    def count_top(module, args):
+    def count_top(module, args, output):  # the base forward never finishes layer 1
         calls["layer1"] += 1
 
-    layers[1].register_forward_pre_hook(count_top)
+    layers[1].register_forward_hook(count_top)
     member.encode(member.tokenize(PROMPTS, RESPONSES))  # one micro-batch of B = 2
     assert calls["embeddings"] == [2] and calls["layer0"] == [2]
     assert calls["layer1"] == 1  # the K copies: one vmapped call, not K
