@@ -41,8 +41,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     keys = ("accuracy", "ece", "nll", "brier")
-    print(f"calibrated with {args.method} on {report['n_calibration']} pairs; "
-          f"evaluated on {report['n_evaluation']} swap-symmetrised pairs")
+    print(
+        f"calibrated with {args.method} on {report['n_calibration']} pairs; "
+        f"evaluated on {report['n_evaluation']} swap-symmetrised pairs"
+    )
     print(f"{'':8}" + "".join(f"{k:>10}" for k in keys))
     for stage in ("before", "after"):
         row = report[stage]
@@ -95,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--method", default="temperature", choices=sorted(CALIBRATORS))
     cal.add_argument("--out", required=True, metavar="DIR", help="where the report goes")
     cal.add_argument(
-        "--calibration-fraction", type=float, default=0.5,
+        "--calibration-fraction",
+        type=float,
+        default=0.5,
         help="share of DATA used to fit the calibrator (the rest is for the report)",
     )
     cal.add_argument("--seed", type=int, default=0)

@@ -11,7 +11,7 @@ from auq._validation import check_choice
 from auq.metrics._common import as_binary_labels, as_float_array
 from auq.types import PreferencePrediction
 
-__all__ = ["BaseCalibrator", "NotFittedError", "resolve_labels", "resolve_margins", "symmetrize"]
+__all__ = ["BaseCalibrator", "NotFittedError", "resolve_labels", "resolve_margins"]
 
 Source = Literal["logit", "margin_mean"]
 SOURCES = ("logit", "margin_mean")
@@ -39,16 +39,6 @@ def resolve_labels(labels: Any, n: int, *, name: str = "labels") -> np.ndarray:
     if len(y) != n:
         raise ValueError(f"length mismatch: margins has {n}, {name} has {len(y)}")
     return y
-
-
-def symmetrize(margins: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(concat([Δ, −Δ]), concat([y, 1 − y]))`` — see :func:`auq.data.symmetrize`."""
-    try:
-        from auq.data import symmetrize as data_symmetrize
-    except ImportError:  # pragma: no cover - auq.data is part of the package
-        return np.concatenate([margins, -margins]), np.concatenate([labels, 1.0 - labels])
-    m, y = data_symmetrize(margins, labels)
-    return np.asarray(m, dtype=np.float64), np.asarray(y, dtype=np.float64)
 
 
 class BaseCalibrator:

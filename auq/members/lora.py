@@ -87,6 +87,13 @@ def resolve_target_modules(model: nn.Module, target_modules: str | list[str]) ->
     return names
 
 
+def _checkpointing(model: nn.Module) -> bool:
+    flag = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5
+    if flag is None:
+        flag = getattr(model, "is_gradient_checkpointing", False)
+    return bool(flag)
+
+
 class _StackedLora(nn.Module):
     """The K members' LoRA matrices of one linear layer: A (K, r, in), B (K, out, r)."""
 
@@ -251,6 +258,12 @@ class LoraMembers(MemberBackbone):
 
     def _member_hidden(self, kwargs: dict[str, Tensor]) -> Tensor:
         """Last hidden states of every member, (K, B, L, d), from one forward over K·B rows."""
+        if self.training and _checkpointing(self.model):
+            raise RuntimeError(
+                "uq='lora' does not support gradient checkpointing: the recomputation in "
+                "backward would run without the members' updates; disable it with "
+                "model.gradient_checkpointing_disable()"
+            )
         k = self.n_members
         b = kwargs["input_ids"].shape[0]
         repeated = {name: t.repeat(k, *([1] * (t.ndim - 1))) for name, t in kwargs.items()}

@@ -128,3 +128,12 @@ def test_diversity_regularizer(tiny_gpt2_dir):
 def test_bad_options_are_refused_with_the_valid_values(tiny_gpt2_dir, options, message):
     with pytest.raises(ValueError, match=message):
         _build(tiny_gpt2_dir, **options)
+
+
+def test_gradient_checkpointing_is_refused_in_training(tiny_gpt2_dir):
+    member = _build(tiny_gpt2_dir)
+    enable = getattr(member.model, "activation_checkpointing_enable", None)
+    (enable or member.model.gradient_checkpointing_enable)()
+    member.train()
+    with pytest.raises(RuntimeError, match="does not support gradient checkpointing"):
+        member.features_of(member.tokenize(PROMPTS, RESPONSES), [0, 1])
