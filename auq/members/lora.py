@@ -118,10 +118,26 @@ class _StackedLora(nn.Module):
         self.lora_A = nn.Parameter(a)
         self.lora_B = nn.Parameter(torch.randn(k, fan_out, r, generator=generator) * init_scale)
 
-    def delta(self, x: Tensor, *, p: float, training: bool) -> Tensor:
-        """(K, n, in) → (K, n, out), unscaled."""
+    def add_to(self, out: Tensor, x: Tensor, *, scaling: float, p: float, training: bool) -> Tensor:
+        """``out + scaling · B_k A_k dropout(x_k)`` per member.
+
+        Parameters
+        ----------
+        out : Tensor, shape (K, n, out)
+            The base layer's output.
+        x : Tensor, shape (K, n, in)
+            Its input.
+
+        Returns
+        -------
+        Tensor, shape (K, n, out), dtype of ``out``.
+        """
         x = F.dropout(x.to(self.lora_A.dtype), p=p, training=training)
-        return torch.bmm(torch.bmm(x, self.lora_A.transpose(1, 2)), self.lora_B.transpose(1, 2))
+        h = torch.bmm(x, self.lora_A.transpose(1, 2))  # (K, n, r)
+        b_t = self.lora_B.transpose(1, 2)  # (K, r, out)
+        if out.dtype == h.dtype:  # one fused op for the update, its scale and the sum
+            return torch.baddbmm(out, h, b_t, alpha=scaling)
+        return out + (scaling * torch.bmm(h, b_t)).to(out.dtype)
 
 
 @register_members
@@ -249,10 +265,14 @@ class LoraMembers(MemberBackbone):
                     f"{type(module).__name__} got shape {tuple(x.shape)} for {self._rows} rows"
                 )
             k = self.n_members
-            delta = lora.delta(
-                x.reshape(k, -1, x.shape[-1]), p=self.lora_dropout, training=self.training
-            )  # (K, B·L, out)
-            return output + (self.scaling * delta).reshape(output.shape).to(output.dtype)
+            summed = lora.add_to(
+                output.reshape(k, -1, output.shape[-1]),  # (K, B·L, out)
+                x.reshape(k, -1, x.shape[-1]),  # (K, B·L, in)
+                scaling=self.scaling,
+                p=self.lora_dropout,
+                training=self.training,
+            )
+            return summed.reshape(output.shape)
 
         return add_members
 

@@ -18,6 +18,7 @@ original layers would have seen.
 
 from __future__ import annotations
 
+import inspect
 import json
 from contextlib import nullcontext
 from pathlib import Path
@@ -177,7 +178,8 @@ class PartialMembers(MemberBackbone):
             raise _StopForward
 
         handle = self._top[0].register_forward_pre_hook(stop, with_kwargs=True)
-        extra = {"use_cache": False} if hasattr(self.model.config, "use_cache") else {}
+        accepts = inspect.signature(self.model.forward).parameters
+        extra = {"use_cache": False} if "use_cache" in accepts else {}  # no KV cache to fill
         try:
             self.model(**kwargs, **extra)
         except _StopForward:
