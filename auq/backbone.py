@@ -131,7 +131,8 @@ class Backbone(nn.Module):
         name_or_path : str or Path
         pooling, max_length : see the class.
         dtype : torch.dtype, optional
-            Weights dtype (e.g. ``torch.bfloat16`` on GPU); heads always compute in fp32.
+            Weights dtype, float32 by default whatever the checkpoint stores (e.g.
+            ``torch.bfloat16`` on GPU); heads always compute in float32.
         **model_kwargs
             Passed to ``from_pretrained`` (``revision``, ``attn_implementation``, ...).
         """
@@ -151,8 +152,8 @@ class Backbone(nn.Module):
                 "directory with config.json, or a hub name available offline (HF_HUB_OFFLINE=1 "
                 f"uses the local cache only). Original error: {err}"
             ) from err
-        if dtype is not None:
-            model_kwargs["dtype"] = dtype
+        # float32 unless asked otherwise (not the checkpoint's storage dtype)
+        model_kwargs["dtype"] = torch.float32 if dtype is None else dtype
         auto = AutoModelForSequenceClassification if is_reward_checkpoint(config) else AutoModel
         model = auto.from_pretrained(name_or_path, **model_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)

@@ -118,7 +118,9 @@ class RewardModel(nn.Module):
         self.config = config
         self.history_: FitHistory | None = None
         self.calibrator_: BaseCalibrator | None = None
-        if config.finetune == "frozen":
+        if isinstance(backbone, MemberBackbone) and config.uq != "mc_dropout":
+            backbone.set_trainable()  # exactly the member weights train
+        elif config.finetune == "frozen":
             backbone.requires_grad_(False)
         self.eval()
 
@@ -551,7 +553,7 @@ def _build_layers(config: RewardModelConfig, backbone: Backbone):
         from auq.members import MEMBER_REGISTRY
 
         backbone = MEMBER_REGISTRY[config.uq].build(
-            backbone, n_members=config.n_members, **config.members
+            backbone, n_members=config.n_members, **_member_options(config)
         )
         k = 1 if config.uq == "mc_dropout" else config.n_members  # T passes share one head
         head = EnsembleHead(d, n_members=k, **config.head)
@@ -568,6 +570,13 @@ def _build_layers(config: RewardModelConfig, backbone: Backbone):
     if config.finetune == "lora":
         backbone.model = _add_lora(backbone.model, config.lora)
     return backbone, head
+
+
+def _member_options(config: RewardModelConfig) -> dict[str, Any]:
+    options = {"seed": config.seed, **config.members}
+    if config.uq == "mc_dropout":  # what trains follows ``finetune``
+        options["train_backbone"] = config.finetune != "frozen"
+    return options
 
 
 def _add_lora(model: nn.Module, lora: dict[str, Any]) -> nn.Module:

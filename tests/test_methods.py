@@ -50,3 +50,18 @@ def test_method_end_to_end(uq, tiny_bert_dir, pairs, tmp_path):
     again = loaded.predict(test)
     torch.testing.assert_close(again.margin_mean, pp.margin_mean, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(again.margin_var, pp.margin_var, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("uq", ["lora", "partial", "deep"])
+def test_member_weights_train_and_the_shared_base_does_not(uq, tiny_bert_dir, pairs):
+    train, _ = pairs
+    rm = auq.RewardModel.from_backbone(tiny_bert_dir, uq=uq, max_length=64, **METHODS[uq])
+    trainable = {n: p.detach().clone() for n, p in rm.backbone.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in rm.backbone.named_parameters() if not p.requires_grad}
+    assert trainable, "no member weight trains"
+    rm.fit(train, epochs=1, batch_size=16, lr=1e-3, progress=False)
+    params = dict(rm.backbone.named_parameters())
+    assert any(not torch.equal(params[n], v) for n, v in trainable.items())
+    assert all(torch.equal(params[n], v) for n, v in frozen.items())
+    if uq != "deep":  # lora / partial: the base model itself is shared and frozen
+        assert frozen

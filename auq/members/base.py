@@ -80,6 +80,10 @@ class MemberBackbone(Backbone):
         mask = attention_mask.repeat(k, 1)  # (K·B, L)
         return _pool(hidden.reshape(k * b, length, d), mask, self.pooling).reshape(k, b, d).float()
 
+    def set_trainable(self) -> None:
+        """Set ``requires_grad`` so that exactly the member weights train (default: all)."""
+        self.requires_grad_(True)
+
     def save_members(self, directory: str | Path) -> None:
         """Write member weights that the base model does not hold (default: none)."""
 

@@ -119,19 +119,7 @@ class _StackedLora(nn.Module):
         self.lora_B = nn.Parameter(torch.randn(k, fan_out, r, generator=generator) * init_scale)
 
     def add_to(self, out: Tensor, x: Tensor, *, scaling: float, p: float, training: bool) -> Tensor:
-        """``out + scaling · B_k A_k dropout(x_k)`` per member.
-
-        Parameters
-        ----------
-        out : Tensor, shape (K, n, out)
-            The base layer's output.
-        x : Tensor, shape (K, n, in)
-            Its input.
-
-        Returns
-        -------
-        Tensor, shape (K, n, out), dtype of ``out``.
-        """
+        """``out + scaling · B_k A_k dropout(x_k)``: (K, n, out), (K, n, in) → (K, n, out)."""
         x = F.dropout(x.to(self.lora_A.dtype), p=p, training=training)
         h = torch.bmm(x, self.lora_A.transpose(1, 2))  # (K, n, r)
         b_t = self.lora_B.transpose(1, 2)  # (K, r, out)
@@ -219,20 +207,11 @@ class LoraMembers(MemberBackbone):
         member.scaling = member.lora_alpha / r
         member.target_names = resolve_target_modules(member.model, target_modules)
         gen = torch.Generator().manual_seed(seed)
-        adapters = []
-        for name in member.target_names:
-            fan_in, fan_out = _dims(member.model.get_submodule(name))
-            adapters.append(
-                _StackedLora(
-                    n_members,
-                    r,
-                    fan_in,
-                    fan_out,
-                    init_lora_weights=init_lora_weights,
-                    init_scale=init_scale,
-                    generator=gen,
-                )
-            )
+        init = {"init_lora_weights": init_lora_weights, "init_scale": init_scale, "generator": gen}
+        adapters = [
+            _StackedLora(n_members, r, *_dims(member.model.get_submodule(name)), **init)
+            for name in member.target_names
+        ]
         member.adapters = nn.ModuleList(adapters).to(member.device)
         member._rows = 0
         member.set_trainable()
@@ -313,13 +292,9 @@ class LoraMembers(MemberBackbone):
         -------
         Tensor, shape (), on the adapters' device.
         """
-        first = self.adapters[0].lora_A
         if self.diversity == 0:
-            return first.new_zeros(())
-        norms = [
-            torch.linalg.matrix_norm(a.lora_A.reshape(-1, a.lora_A.shape[-1]), ord="nuc")
-            for a in self.adapters
-        ]
+            return self.adapters[0].lora_A.new_zeros(())
+        norms = [torch.linalg.matrix_norm(a.lora_A.flatten(0, 1), ord="nuc") for a in self.adapters]
         return -self.diversity * torch.stack(norms).mean()
 
     # -- checkpoints --------------------------------------------------------------
