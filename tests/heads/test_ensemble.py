@@ -52,17 +52,21 @@ def test_fit_learns_bradley_terry_direction():
     pp = head.predict_pairs(chosen[1500:], rejected[1500:])
     bayes = (((chosen[1500:] - rejected[1500:]) @ w) > 0).float().mean().item()
     assert pp.accuracy() > bayes - 0.03  # within 3 points of the true reward's accuracy
-    # member weights (in raw feature units) point along the true direction
+    # member weights (in raw feature units) point along the true direction; members keep
+    # some of their prior spread (init_scale) in directions the data pin down less
     direction = head.w_out / head.feature_scale
     cos = F.cosine_similarity(direction, w[None, :], dim=1)
-    assert cos.min() > 0.95
+    assert cos.min() > 0.85, cos
+    assert F.cosine_similarity(direction.mean(0), w, dim=0) > 0.98
     assert head.history_ is not None and len(head.history_.eval_loss) >= 1
 
 
 def test_members_differ_and_bootstrap_adds_spread():
     chosen, rejected, _ = _bt_data(n=300)
-    plain = EnsembleHead(6, n_members=4, seed=0).fit(chosen, rejected, epochs=5, progress=False)
-    boot = EnsembleHead(6, n_members=4, seed=0, bootstrap=True).fit(
+    plain = EnsembleHead(6, n_members=4, seed=0, init_scale=1.0).fit(
+        chosen, rejected, epochs=5, progress=False
+    )
+    boot = EnsembleHead(6, n_members=4, seed=0, init_scale=1.0, bootstrap=True).fit(
         chosen, rejected, epochs=5, progress=False
     )
     phi = torch.randn(50, 6) * 3
