@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["bradley_terry_loss", "centering_penalty"]
+__all__ = ["bradley_terry_loss", "centering_penalty", "member_preference_loss"]
 
 
 def bradley_terry_loss(
@@ -66,3 +66,32 @@ def centering_penalty(rewards_chosen: Tensor, rewards_rejected: Tensor) -> Tenso
         min / variance across members is meaningful (Eisenstein et al., 2023).
     """
     return ((rewards_chosen + rewards_rejected) ** 2).mean(-1)
+
+
+def member_preference_loss(
+    rewards_chosen: Tensor,
+    rewards_rejected: Tensor,
+    *,
+    target_margin: Tensor | None = None,
+    weight: Tensor | None = None,
+    center_coef: float = 0.0,
+) -> Tensor:
+    """Bradley–Terry loss plus the optional centring term, per member.
+
+    Parameters
+    ----------
+    rewards_chosen, rewards_rejected : Tensor, shape (K, B)
+    target_margin : Tensor, shape (B,), optional
+    weight : Tensor, shape (B,) or (K, B), optional
+    center_coef : float
+
+    Returns
+    -------
+    Tensor, shape (K,)
+    """
+    loss = bradley_terry_loss(
+        rewards_chosen - rewards_rejected, target_margin=target_margin, weight=weight
+    )
+    if center_coef:
+        loss = loss + center_coef * centering_penalty(rewards_chosen, rewards_rejected)
+    return loss

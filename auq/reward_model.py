@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,75 +26,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from auq._validation import check_choice, check_positive_int
 from auq.backbone import Backbone
 from auq.calibration import BaseCalibrator
 from auq.data import PreferenceDataset, render_pair_texts
-from auq.fitting import FitConfig, FitHistory, fit_pairs
+from auq.finetune import finetune_pairs
+from auq.fitting import FitConfig, FitHistory
 from auq.heads.base import PreferenceHead, load_head, save_head
 from auq.heads.ensemble import EnsembleHead
-from auq.losses import bradley_terry_loss, centering_penalty
 from auq.members.base import MemberBackbone
+from auq.model_config import UQ_METHODS, RewardModelConfig, build_layers
 from auq.types import PreferencePrediction, RewardPrediction
 
-__all__ = ["FINETUNE_CHOICES", "UQ_METHODS", "RewardModel", "RewardModelConfig"]
+__all__ = ["UQ_METHODS", "RewardModel", "RewardModelConfig"]
 
-UQ_METHODS = ("heads", "lora", "partial", "deep", "mc_dropout", "laplace", "pyro")
-FEATURE_HEAD_METHODS = ("heads", "laplace", "pyro")  # last-layer methods on one backbone
-MEMBER_METHODS = ("lora", "partial", "deep", "mc_dropout")  # backbone-level ensembles
-FINETUNE_CHOICES = ("frozen", "full", "lora")
 CONFIG_NAME = "auq_config.json"
 CALIBRATOR_NAME = "calibrator.json"
-
-
-@dataclass
-class RewardModelConfig:
-    """Everything needed to rebuild a reward model (stored as ``auq_config.json``).
-
-    Attributes
-    ----------
-    backbone : str
-        Hub name or path of the backbone (``"backbone"`` inside a saved model).
-    uq : str
-        Uncertainty method, one of :data:`UQ_METHODS`.
-    n_members : int
-        K members (ensembles) or T passes (``"mc_dropout"``).
-    pooling, max_length
-        See :class:`~auq.backbone.Backbone`.
-    finetune : {"frozen", "full", "lora"}
-        What of the plain backbone trains with the heads.
-    head : dict
-        Keyword options of the head class (``EnsembleHead``, ``LaplaceHead``, ``PyroHead``).
-    members : dict
-        Keyword options of the backbone-level ensemble (``uq`` in :data:`MEMBER_METHODS`).
-    lora : dict
-        PEFT ``LoraConfig`` options for ``finetune="lora"``.
-    seed : int
-    """
-
-    backbone: str
-    uq: str = "heads"
-    n_members: int = 8
-    pooling: str = "auto"
-    max_length: int = 256
-    finetune: str = "frozen"
-    head: dict[str, Any] = field(default_factory=dict)
-    members: dict[str, Any] = field(default_factory=dict)
-    lora: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_choice("uq", self.uq, UQ_METHODS)
-        check_choice("finetune", self.finetune, FINETUNE_CHOICES)
-        minimum = 2 if self.uq in MEMBER_METHODS else 1
-        check_positive_int("n_members", self.n_members, minimum=minimum)
-        check_positive_int("max_length", self.max_length, minimum=4)
-        if self.finetune != "frozen" and self.uq not in ("heads", "mc_dropout"):
-            what = "its members" if self.uq in MEMBER_METHODS else "a last-layer posterior"
-            raise ValueError(
-                f"finetune={self.finetune!r} does not combine with uq={self.uq!r}, which trains "
-                f"{what} on a fixed base; use finetune='frozen' (or uq='heads' / 'mc_dropout')"
-            )
 
 
 class RewardModel(nn.Module):
@@ -210,7 +156,7 @@ class RewardModel(nn.Module):
         )
         if backbone.is_reward_checkpoint and uq == "heads":
             config.head.setdefault("bootstrap", True)
-        backbone, head_module = _build_layers(config, backbone)
+        backbone, head_module = build_layers(config, backbone)
         if backbone.is_reward_checkpoint and uq == "heads" and not config.head.get("hidden_size"):
             layer = backbone.score_layer
             head_module.init_from_linear(layer.weight.detach().float(), _bias(layer))
@@ -315,55 +261,15 @@ class RewardModel(nn.Module):
     def _finetune(self, train, evaluation, margin, weight, config: FitConfig) -> FitHistory:
         """Train backbone and heads end to end on tokenised pairs."""
         tokens, n = self._pair_tokens(train)
-        device = self.backbone.device
-        with torch.no_grad():  # fix the feature standardisation on the initial features
-            phi = self.backbone.encode(tokens)
-            self.head._restandardize(phi)
-        eval_pairs = None if evaluation is None else self._pair_tokens(evaluation)
-        regularizer = getattr(self.backbone, "regularizer", None)  # e.g. LoRA-member diversity
-
-        def batch_loss(idx: Tensor):
-            rows = torch.cat([idx, idx + n]).tolist()
-            r = self.head(self.backbone.features_of(tokens, rows))  # (K, 2b)
-            rc, rr = r[:, : len(idx)], r[:, len(idx) :]
-            tm = None if margin is None else margin[idx].to(device)
-            w = None if weight is None else weight[idx].to(device)
-            member_loss = bradley_terry_loss(rc - rr, target_margin=tm, weight=w)
-            if config.center_coef:
-                member_loss = member_loss + config.center_coef * centering_penalty(rc, rr)
-            loss = member_loss.mean()
-            if regularizer is not None:
-                loss = loss + regularizer()
-            return loss, (rc - rr).mean(0)
-
-        def evaluate():
-            etokens, m = eval_pairs
-            with torch.no_grad():
-                r = self.head(self.backbone.encode(etokens))
-                margins = r[:, :m] - r[:, m:]
-            return float(bradley_terry_loss(margins).mean()), float(
-                (margins.mean(0) > 0).float().mean()
-            )
-
-        head_params = list(self.head.parameters())
-        head_ids = {id(p) for p in head_params}
-        backbone_params = [
-            p for p in self.parameters() if p.requires_grad and id(p) not in head_ids
-        ]
-        groups = [{"params": head_params, "lr": config.head_lr or config.lr}]
-        if backbone_params:
-            groups.append({"params": backbone_params})
-        history = fit_pairs(
+        return finetune_pairs(
             self,
-            batch_loss,
-            param_groups=groups,
-            n_pairs=n,
+            tokens,
+            n,
+            eval_pairs=None if evaluation is None else self._pair_tokens(evaluation),
+            margin=margin,
+            weight=weight,
             config=config,
-            evaluate=None if eval_pairs is None else evaluate,
-            description=f"RewardModel({self.config.finetune})",
         )
-        self.head.is_fitted.fill_(True)
-        return history
 
     # -- inference --------------------------------------------------------------------
     @torch.no_grad()
@@ -510,7 +416,7 @@ class RewardModel(nn.Module):
         backbone = Backbone.from_pretrained(
             source, pooling=config.pooling, max_length=config.max_length
         )
-        backbone, _ = _build_layers(config, backbone)
+        backbone, _ = build_layers(config, backbone)
         if isinstance(backbone, MemberBackbone):
             backbone.load_members(directory / "members")
         head = load_head(directory / "head")
@@ -544,45 +450,6 @@ def _column(values) -> Tensor | None:
 
 def _bias(layer: nn.Linear) -> Tensor | None:
     return None if layer.bias is None else layer.bias.detach().float()
-
-
-def _build_layers(config: RewardModelConfig, backbone: Backbone):
-    """The uncertainty layer of ``config`` on a loaded plain backbone: (backbone, head)."""
-    d = backbone.hidden_size
-    if config.uq in MEMBER_METHODS:
-        from auq.members import MEMBER_REGISTRY
-
-        backbone = MEMBER_REGISTRY[config.uq].build(
-            backbone, n_members=config.n_members, **_member_options(config)
-        )
-        k = 1 if config.uq == "mc_dropout" else config.n_members  # T passes share one head
-        head = EnsembleHead(d, n_members=k, **config.head)
-    elif config.uq == "heads":
-        head = EnsembleHead(d, n_members=config.n_members, **config.head)
-    elif config.uq == "laplace":
-        from auq.heads.laplace import LaplaceHead
-
-        head = LaplaceHead(d, **config.head)
-    else:
-        from auq.heads.pyro_head import PyroHead
-
-        head = PyroHead(d, **config.head)
-    if config.finetune == "lora":
-        backbone.model = _add_lora(backbone.model, config.lora)
-    return backbone, head
-
-
-def _member_options(config: RewardModelConfig) -> dict[str, Any]:
-    options = {"seed": config.seed, **config.members}
-    if config.uq == "mc_dropout":  # what trains follows ``finetune``
-        options["train_backbone"] = config.finetune != "frozen"
-    return options
-
-
-def _add_lora(model: nn.Module, lora: dict[str, Any]) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    return get_peft_model(model, LoraConfig(**lora))
 
 
 def _version() -> str:

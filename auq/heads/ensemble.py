@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from auq._validation import check_positive_int
 from auq.fitting import FitConfig, FitHistory, fit_pairs
 from auq.heads.base import PreferenceHead, register_head
-from auq.losses import bradley_terry_loss, centering_penalty
+from auq.losses import bradley_terry_loss, member_preference_loss
 from auq.types import RewardPrediction
 
 __all__ = ["EnsembleHead"]
@@ -216,11 +216,13 @@ class EnsembleHead(PreferenceHead):
         def batch_loss(idx: Tensor) -> tuple[Tensor, Tensor]:
             r = self(torch.cat([phi_chosen[..., idx, :], phi_rejected[..., idx, :]], dim=-2))
             rc, rr = r[:, : len(idx)], r[:, len(idx) :]  # (K, b) each
-            member_loss = bradley_terry_loss(
-                rc - rr, target_margin=target[idx], weight=pair_weight[..., idx]
+            member_loss = member_preference_loss(
+                rc,
+                rr,
+                target_margin=target[idx],
+                weight=pair_weight[..., idx],
+                center_coef=config.center_coef,
             )  # (K,)
-            if config.center_coef:
-                member_loss = member_loss + config.center_coef * centering_penalty(rc, rr)
             # mean over members (AdamW is invariant to the 1/K scale of each gradient)
             loss = member_loss.mean() + self.penalty() / (n * self.n_members)
             return loss, (rc - rr).mean(0)
