@@ -1,0 +1,46 @@
+"""Benchmarks smoke-run in --quick mode (figures come from full runs, never from tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+pytestmark = pytest.mark.minilm
+
+
+def _run(script: str, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_bench_heads_quick(tmp_path):
+    stdout = _run("bench_heads.py", "--out", str(tmp_path / "r.json"))
+    assert "batched heads / 1 head" in stdout
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["case"] for r in rows][:2] == ["1 head", "8 heads, batched"]
+
+
+def test_bench_methods_quick(tmp_path):
+    stdout = _run(
+        "bench_methods.py", "--methods", "heads,laplace,lora", "--out", str(tmp_path / "m.json")
+    )
+    methods = [r["method"] for r in json.loads((tmp_path / "m.json").read_text())["rows"]]
+    assert methods == ["heads", "laplace", "lora"] and "OOD AUROC" in stdout
+
+
+def test_bench_calibration_quick(tmp_path):
+    stdout = _run("bench_calibration.py", "--methods", "heads,laplace", "--out-dir", str(tmp_path))
+    assert "goal ECE <= 0.02" in stdout
+    assert (tmp_path / "bench_calibration_reliability.png").stat().st_size > 1000
