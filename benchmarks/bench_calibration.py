@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+from _common import device_name
 
 import auq
 from auq.builtin import gold_ceiling, load_builtin_preferences
@@ -161,14 +161,9 @@ def main() -> None:
 
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        device_name = (
-            torch.cuda.get_device_name()
-            if str(args.device).startswith("cuda")
-            else platform.processor() or platform.machine()
-        )
         payload = {
             "benchmark": "bench_calibration",
-            "device": device_name,
+            "device": device_name(args.device),
             "torch": torch.__version__,
             "backbone": "all-MiniLM-L6-v2" if args.backbone is None else args.backbone,
             "n_train": len(train),

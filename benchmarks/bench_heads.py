@@ -21,30 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from _common import device_name, timed
 
 import auq
 from auq.builtin import load_builtin_preferences
 from auq.defaults import default_backbone_path
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -106,7 +92,7 @@ def main() -> None:
         times = {name: [] for name in cases}
         for _ in range(args.repeats):  # interleaved, so drift hits every case alike
             for name, fn in cases.items():
-                times[name].append(_timed(fn, device))
+                times[name].append(timed(fn, device))
 
     base = statistics.median(times["1 head"])
     print(
@@ -122,12 +108,9 @@ def main() -> None:
     ratio = rows[1]["ratio_to_one_head"]
     print(f"K={args.members} batched heads / 1 head = {ratio:.3f} (target <= 1.05)")
     if args.out:
-        device_name = (
-            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-        )
         result = {
             "benchmark": "bench_heads",
-            "device": device_name or platform.machine(),
+            "device": device_name(device),
             "torch": torch.__version__,
             "dtype": args.dtype,
             "batch": args.batch,

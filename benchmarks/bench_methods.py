@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+from _common import device_name, median_time, synchronize
 from sklearn.metrics import roc_auc_score
 
 import auq
@@ -45,22 +44,6 @@ def method_options(uq: str, k: int, quick: bool) -> dict:
         "partial": {"n_members": k, "member_options": {"n_top_layers": 2}},
         "deep": {"n_members": k},
     }[uq]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_time(fn, device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -96,7 +79,7 @@ def main() -> None:
         backbone, n_members=1, max_length=args.max_length, device=device
     )
     reference.score(*texts)  # warm-up
-    base_time = _median_time(lambda: reference.score(*texts), device, args.repeats)
+    base_time = median_time(lambda: reference.score(*texts), device, args.repeats)
 
     rows = []
     for uq in methods:
@@ -108,13 +91,13 @@ def main() -> None:
             **method_options(uq, args.members, args.quick),
         )
         fit_kwargs = {"epochs": args.epochs} if rm.trains_backbone else {}
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         rm.fit(train, eval_dataset=val, progress=False, **fit_kwargs)
-        _sync(device)
+        synchronize(device)
         fit_seconds = time.perf_counter() - start
         rm.score(*texts)  # warm-up
-        score_seconds = _median_time(lambda rm=rm: rm.score(*texts), device, args.repeats)
+        score_seconds = median_time(lambda rm=rm: rm.score(*texts), device, args.repeats)
         pp, po = rm.predict(test), rm.predict(ood)
         in_unc, ood_unc = pp.margin_std.numpy(), po.margin_std.numpy()
         labels = np.r_[np.zeros(len(in_unc)), np.ones(len(ood_unc))]
@@ -152,12 +135,9 @@ def main() -> None:
             f"{r['accuracy']:8.3f} | {r['ood_auroc']:9.3f} |"
         )
     if args.out:
-        device_name = (
-            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-        )
         result = {
             "benchmark": "bench_methods",
-            "device": device_name or platform.machine(),
+            "device": device_name(device),
             "torch": torch.__version__,
             "n_train": len(train),
             "n_val": len(val),
