@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
+
+from auq.metrics import error_detection_auroc, ood_auroc
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -82,11 +83,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, float]:
         "margin_std_ood": float(ood_unc.mean()),
         "epistemic_entropy_in": float(test_pred.epistemic.mean()),
         "epistemic_entropy_ood": float(ood_pred.epistemic.mean()),
-        "ood_auroc": float(
-            roc_auc_score(
-                np.r_[np.zeros_like(in_unc), np.ones_like(ood_unc)], np.r_[in_unc, ood_unc]
-            )
-        ),
+        "ood_auroc": ood_auroc(in_unc, ood_unc),
         # errors are found by the predictive entropy; disagreement alone tracks them weakly
         "error_auroc_total": _auroc(errors, test_pred.total.numpy()),
         "error_auroc_epistemic": _auroc(errors, in_unc),
@@ -99,8 +96,9 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, float]:
     return results
 
 
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
+def _auroc(errors: np.ndarray, scores: np.ndarray) -> float:
+    """Error-detection AUROC, NaN when every prediction is right (or wrong)."""
+    return error_detection_auroc(errors, scores) if 0 < errors.sum() < len(errors) else float("nan")
 
 
 def _print_report(r: dict[str, float], rm) -> None:

@@ -21,14 +21,13 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
 import torch
 from _common import device_name, median_time, synchronize
-from sklearn.metrics import roc_auc_score
 
 import auq
 from auq.builtin import gold_ceiling, load_builtin_preferences
 from auq.defaults import default_backbone_path
+from auq.metrics import ood_auroc
 
 ALL_METHODS = ("heads", "laplace", "pyro", "mc_dropout", "lora", "partial", "deep")
 
@@ -100,13 +99,12 @@ def main() -> None:
         score_seconds = median_time(lambda rm=rm: rm.score(*texts), device, args.repeats)
         pp, po = rm.predict(test), rm.predict(ood)
         in_unc, ood_unc = pp.margin_std.numpy(), po.margin_std.numpy()
-        labels = np.r_[np.zeros(len(in_unc)), np.ones(len(ood_unc))]
         row = {
             "method": uq,
             "fit_seconds": fit_seconds,
             "score_ratio": score_seconds / base_time,
             "accuracy": pp.accuracy(),
-            "ood_auroc": float(roc_auc_score(labels, np.r_[in_unc, ood_unc])),
+            "ood_auroc": ood_auroc(in_unc, ood_unc),
             "samples": int(pp.margin_samples.shape[0]),
         }
         rows.append(row)
