@@ -7,15 +7,34 @@ honest, and preference optimisation that uses it.
 >>> ds = auq.PreferenceDataset.from_records(rows)                        # doctest: +SKIP
 >>> rm = auq.RewardModel.from_backbone(path, uq="heads", n_members=8)   # doctest: +SKIP
 >>> rm.fit(ds).predict(ds).margin_samples.shape                         # doctest: +SKIP
+
+``import auq`` stays light: the wings that pull in scikit-learn, Pyro or
+matplotlib (``auq.calibration``, ``auq.conformal``, ``auq.plotting``,
+``auq.heads.PyroHead``) are imported on first attribute access.
 """
 
-from auq import calibration, conformal, heads, metrics, uncertainty
-from auq.builtin import load_builtin_preferences
-from auq.data import PreferenceDataError, PreferenceDataset, symmetrize
-from auq.reward_model import UQ_METHODS, RewardModel, RewardModelConfig
-from auq.types import PreferencePrediction, RewardPrediction
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
+
+from auq import data, heads, metrics, uncertainty
+from auq.data import PreferenceDataError, PreferenceDataset, load_builtin_preferences, symmetrize
+from auq.models import UQ_METHODS, RewardModel, RewardModelConfig
+from auq.types import PreferencePrediction, RewardPrediction
+from auq.utils.metadata import package_version
+
+__version__ = package_version()
+
+#: attribute → module, imported on first access (scikit-learn / matplotlib load only when used)
+_LAZY_MODULES = {
+    "calibration": "auq.calibration",
+    "conformal": "auq.calibration.conformal",
+    "plotting": "auq.plotting",
+    "members": "auq.members",
+    "scoring": "auq.scoring",
+    "models": "auq.models",
+}
 
 __all__ = [
     "UQ_METHODS",
@@ -28,9 +47,23 @@ __all__ = [
     "__version__",
     "calibration",
     "conformal",
+    "data",
     "heads",
     "load_builtin_preferences",
     "metrics",
+    "plotting",
     "symmetrize",
     "uncertainty",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        module = importlib.import_module(_LAZY_MODULES[name])
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'auq' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_MODULES})

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from auq._validation import check_choice
-from auq.batching import TextEncoder, TokenizedTexts, collate, token_budget_batches
+from auq.scoring.batching import TextEncoder, TokenizedTexts, collate, token_budget_batches
+from auq.utils.validation import check_choice
 
 __all__ = ["POOLING_CHOICES", "Backbone", "is_reward_checkpoint"]
 
@@ -53,7 +53,7 @@ def _find_score_layer(model: nn.Module) -> nn.Linear:
     return candidates[-1]
 
 
-def _pool(hidden: Tensor, mask: Tensor, pooling: str) -> Tensor:
+def pool_hidden_states(hidden: Tensor, mask: Tensor, pooling: str) -> Tensor:
     """(B, L, d), (B, L) → (B, d)."""
     if pooling == "mean":
         m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -77,7 +77,7 @@ class Backbone(nn.Module):
     pooling : {"auto", "last", "mean", "cls"}
         "auto" picks "last" for decoders and "mean" for encoders.
     max_length : int
-        Longest tokenised (prompt, response), see :mod:`auq.batching`.
+        Longest tokenised (prompt, response), see :mod:`auq.scoring.batching`.
     name_or_path : str
         Where the model came from (kept in saved configs).
     """
@@ -200,10 +200,14 @@ class Backbone(nn.Module):
             self.model(**kwargs)
             captured, self._captured = self._captured, None
             # (B, L, d) for decoders that score every position, (B, d) after a pooler
-            phi = _pool(captured, attention_mask, "last") if captured.ndim == 3 else captured
+            phi = (
+                pool_hidden_states(captured, attention_mask, "last")
+                if captured.ndim == 3
+                else captured
+            )
         else:
             hidden = self.model(**kwargs).last_hidden_state  # (B, L, d)
-            phi = _pool(hidden, attention_mask, self.pooling)
+            phi = pool_hidden_states(hidden, attention_mask, self.pooling)
         return phi.float()
 
     def tokenize(

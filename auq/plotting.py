@@ -21,7 +21,7 @@ from auq.metrics import (
     reliability_curve,
     risk_coverage_curve,
 )
-from auq.metrics._common import as_float_array
+from auq.metrics.checks import as_float_array
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes

@@ -32,12 +32,12 @@ import torch
 from _common import device_name
 
 import auq
-from auq.builtin import gold_ceiling, load_builtin_preferences
-from auq.calibrate_model import swap_symmetrized
 from auq.calibration import CALIBRATORS, make_calibrator
-from auq.defaults import default_backbone_path
+from auq.cli.calibrate import swap_symmetrized
+from auq.data.builtin import gold_ceiling, load_builtin_preferences
 from auq.heads import EnsembleHead, LaplaceHead
 from auq.metrics import calibration_report, ood_auroc
+from auq.utils.defaults import default_backbone_path
 
 FEATURE_METHODS = ("heads", "laplace", "pyro")
 

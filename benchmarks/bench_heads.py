@@ -29,8 +29,8 @@ import torch
 from _common import device_name, timed
 
 import auq
-from auq.builtin import load_builtin_preferences
-from auq.defaults import default_backbone_path
+from auq.data.builtin import load_builtin_preferences
+from auq.utils.defaults import default_backbone_path
 
 
 def main() -> None:

@@ -25,9 +25,9 @@ import torch
 from _common import device_name, median_time, synchronize
 
 import auq
-from auq.builtin import gold_ceiling, load_builtin_preferences
-from auq.defaults import default_backbone_path
+from auq.data.builtin import gold_ceiling, load_builtin_preferences
 from auq.metrics import ood_auroc
+from auq.utils.defaults import default_backbone_path
 
 ALL_METHODS = ("heads", "laplace", "pyro", "mc_dropout", "lora", "partial", "deep")
 

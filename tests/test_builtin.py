@@ -1,4 +1,4 @@
-"""Tests for auq.builtin: the synthetic preference world with a known gold reward."""
+"""Tests for auq.data.builtin: the synthetic preference world with a known gold reward."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from auq.builtin import (
+from auq.data import PreferenceDataset
+from auq.data.builtin import (
     _TOPIC_BANKS,
     BUILTIN_TOPICS,
     GENERIC,
@@ -19,7 +20,6 @@ from auq.builtin import (
     gold_reward,
     load_builtin_preferences,
 )
-from auq.data import PreferenceDataset
 
 # function words and generic verbs that both domains may share
 STOPWORDS = set(

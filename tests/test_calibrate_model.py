@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import auq
-from auq.calibrate_model import load_preference_data, swap_symmetrized
 from auq.cli import main
+from auq.cli.calibrate import load_preference_data, swap_symmetrized
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,10 @@ def test_calibrator_is_used_saved_and_loaded(saved_model, builtin_small, tmp_pat
 
 def test_cli_calibrate_writes_report_plots_and_calibrator(saved_model, tmp_path):
     out = tmp_path / "report"
-    assert main(["calibrate", str(saved_model), "builtin:60", "--method", "platt",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["calibrate", str(saved_model), "builtin:60", "--method", "platt", "--out", str(out)])
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["n_calibration"] + report["n_evaluation"] == 60
     for stage in ("before", "after"):
@@ -51,7 +53,17 @@ def test_cli_calibrate_writes_report_plots_and_calibrator(saved_model, tmp_path)
 
 def test_cli_calibrate_rejects_unknown_method(saved_model, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["calibrate", str(saved_model), "builtin:20", "--method", "magic", "--out", str(tmp_path)])
+        main(
+            [
+                "calibrate",
+                str(saved_model),
+                "builtin:20",
+                "--method",
+                "magic",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     assert "invalid choice: 'magic'" in capsys.readouterr().err
 
 

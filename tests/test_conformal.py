@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from auq.conformal import (
+from auq.calibration.conformal import (
     ConformalInterval,
     ConformalPreference,
     conformal_quantile,

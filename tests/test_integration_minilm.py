@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import auq
-from auq.builtin import gold_ceiling, load_builtin_preferences
+from auq.data.builtin import gold_ceiling, load_builtin_preferences
 from auq.heads import LaplaceHead
 
 pytestmark = pytest.mark.minilm

@@ -57,8 +57,12 @@ def test_method_end_to_end(uq, tiny_bert_dir, pairs, tmp_path):
 def test_member_weights_train_and_the_shared_base_does_not(uq, tiny_bert_dir, pairs):
     train, _ = pairs
     rm = auq.RewardModel.from_backbone(tiny_bert_dir, uq=uq, max_length=64, **METHODS[uq])
-    trainable = {n: p.detach().clone() for n, p in rm.backbone.named_parameters() if p.requires_grad}
-    frozen = {n: p.detach().clone() for n, p in rm.backbone.named_parameters() if not p.requires_grad}
+    trainable = {
+        n: p.detach().clone() for n, p in rm.backbone.named_parameters() if p.requires_grad
+    }
+    frozen = {
+        n: p.detach().clone() for n, p in rm.backbone.named_parameters() if not p.requires_grad
+    }
     assert trainable, "no member weight trains"
     rm.fit(train, epochs=1, batch_size=16, lr=1e-3, progress=False)
     params = dict(rm.backbone.named_parameters())

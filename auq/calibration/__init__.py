@@ -25,8 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from auq._validation import check_choice
-from auq.calibration._base import BaseCalibrator, NotFittedError
+from auq.calibration.base import BaseCalibrator, NotFittedError
 from auq.calibration.point import (
     BetaCalibrator,
     IsotonicCalibrator,
@@ -34,6 +33,7 @@ from auq.calibration.point import (
     TemperatureScaler,
 )
 from auq.calibration.spread import SpreadScaler
+from auq.utils.validation import check_choice
 
 __all__ = [
     "CALIBRATORS",

@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from auq.calibration._base import BaseCalibrator, Source
+from auq.calibration.base import BaseCalibrator, Source
 from auq.data import symmetrize
 
 __all__ = ["BetaCalibrator", "IsotonicCalibrator", "PlattScaler", "TemperatureScaler"]

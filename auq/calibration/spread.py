@@ -21,9 +21,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from auq._validation import check_choice
-from auq.calibration._base import STATE_VERSION, NotFittedError, resolve_labels
+from auq.calibration.base import STATE_VERSION, NotFittedError, resolve_labels
 from auq.types import PreferencePrediction, RewardPrediction
+from auq.utils.validation import check_choice
 
 __all__ = ["SpreadScaler"]
 

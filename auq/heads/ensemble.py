@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from auq._validation import check_positive_int
-from auq.fitting import FitConfig, FitHistory, fit_pairs
 from auq.heads.base import PreferenceHead, register_head
+from auq.heads.fitting import FitConfig, FitHistory, fit_pairs
 from auq.losses import bradley_terry_loss, member_preference_loss
 from auq.types import RewardPrediction
+from auq.utils.validation import check_positive_int
 
 __all__ = ["EnsembleHead"]
 

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from auq._validation import check_positive_int
 from auq.heads.base import PreferenceHead, register_head
 from auq.types import PreferencePrediction, RewardPrediction, Sampler
 from auq.uncertainty import probit_probability
+from auq.utils.validation import check_positive_int
 
 __all__ = ["LaplaceHead"]
 

@@ -47,10 +47,10 @@ from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from pyro.nn import PyroModule, PyroSample
 from torch import Tensor
 
-from auq._validation import check_choice, check_positive_int
 from auq.heads.base import PreferenceHead, register_head
 from auq.heads.laplace import _newton_map
 from auq.types import RewardPrediction
+from auq.utils.validation import check_choice, check_positive_int
 
 __all__ = ["BradleyTerryModel", "PyroHead"]
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from auq.backbone import Backbone, _pool
+from auq.backbone import Backbone, pool_hidden_states
 
 __all__ = ["MEMBER_REGISTRY", "MemberBackbone", "register_members"]
 
@@ -78,7 +78,11 @@ class MemberBackbone(Backbone):
         hidden = self._member_hidden(kwargs)  # (K, B, L, d)
         k, b, length, d = hidden.shape
         mask = attention_mask.repeat(k, 1)  # (K·B, L)
-        return _pool(hidden.reshape(k * b, length, d), mask, self.pooling).reshape(k, b, d).float()
+        return (
+            pool_hidden_states(hidden.reshape(k * b, length, d), mask, self.pooling)
+            .reshape(k, b, d)
+            .float()
+        )
 
     def set_trainable(self) -> None:
         """Set ``requires_grad`` so that exactly the member weights train (default: all)."""

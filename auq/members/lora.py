@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from auq._validation import check_choice, check_positive_int
 from auq.backbone import Backbone
 from auq.members.base import MemberBackbone, register_members
+from auq.utils.validation import check_choice, check_positive_int
 
 __all__ = ["LoraMembers"]
 

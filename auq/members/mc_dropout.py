@@ -4,7 +4,7 @@ At inference the batch is repeated T times and run in **one** forward with only
 the ``nn.Dropout`` modules in training mode (every other module stays in eval),
 so each of the T·B rows draws its own dropout masks; the result is reshaped to
 (T, B, L, d). In training mode (``.training`` is True, as inside
-:func:`auq.fitting.fit_pairs`) one ordinary dropout pass is enough: features of
+:func:`auq.heads.fitting.fit_pairs`) one ordinary dropout pass is enough: features of
 shape (1, B, d), which an :class:`~auq.heads.EnsembleHead` with
 ``n_members=1`` broadcasts over.
 

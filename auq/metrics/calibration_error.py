@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from auq._validation import check_choice, check_positive_int
-from auq.metrics._common import as_binary_labels, as_probabilities, check_same_length
+from auq.metrics.checks import as_binary_labels, as_probabilities, check_same_length
+from auq.utils.validation import check_choice, check_positive_int
 
 __all__ = [
     "ReliabilityCurve",

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from auq.metrics._common import as_binary_labels, as_float_array, check_same_length
+from auq.metrics.checks import as_binary_labels, as_float_array, check_same_length
 
 __all__ = [
     "aurc",

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from auq._validation import check_positive_int
-from auq.metrics._common import (
+from auq.metrics.calibration_error import _bin_statistics
+from auq.metrics.checks import (
     as_binary_labels,
     as_float_array,
     as_probabilities,
     check_same_length,
 )
-from auq.metrics.calibration_error import _bin_statistics
+from auq.utils.validation import check_positive_int
 
 __all__ = ["bound_calibration", "confident_rates", "preference_bound_calibration_error"]
 

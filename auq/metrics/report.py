@@ -7,16 +7,16 @@ from typing import Any
 
 import numpy as np
 
-from auq.metrics._common import (
-    as_binary_labels,
-    as_float_array,
-    as_probabilities,
-    check_same_length,
-)
 from auq.metrics.calibration_error import (
     adaptive_calibration_error,
     expected_calibration_error,
     maximum_calibration_error,
+)
+from auq.metrics.checks import (
+    as_binary_labels,
+    as_float_array,
+    as_probabilities,
+    check_same_length,
 )
 from auq.metrics.detection import (
     aurc,

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from auq.metrics._common import (
+from auq.metrics.checks import (
     as_binary_labels,
     as_float_array,
     as_probabilities,

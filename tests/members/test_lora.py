@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from auq.backbone import Backbone, _pool
-from auq.batching import collate
+from auq.backbone import Backbone, pool_hidden_states
 from auq.members import LoraMembers
+from auq.scoring.batching import collate
 
 K = 3
 PROMPTS = ["How do I cook rice?", "Learn a language quickly?"]
@@ -44,7 +44,7 @@ def test_batched_members_equal_peft_adapters_one_by_one(model_dir, tmp_path):
         for k in range(K):
             peft_model.set_adapter(f"member_{k}")
             hidden = peft_model(**inputs).last_hidden_state
-            loop.append(_pool(hidden, inputs["attention_mask"], member.pooling))
+            loop.append(pool_hidden_states(hidden, inputs["attention_mask"], member.pooling))
     torch.testing.assert_close(phi, torch.stack(loop), rtol=1e-5, atol=1e-5)
 
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from auq.backbone import Backbone
-from auq.batching import collate
 from auq.members import MCDropoutMembers
+from auq.scoring.batching import collate
 
 T = 4
 PROMPTS = ["How do I cook rice?", "Learn a language quickly?"]

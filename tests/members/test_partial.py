@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from auq.backbone import Backbone, _pool
+from auq.backbone import Backbone, pool_hidden_states
 from auq.members import PartialMembers
 from auq.members.partial import ARCHITECTURES
 
@@ -71,7 +71,7 @@ def test_batched_copies_equal_copies_run_one_by_one(model_type, tiny_gpt2_dir):
         loop = []
         for k in range(K):
             hidden = _copy_k(member, k)(**inputs).last_hidden_state
-            loop.append(_pool(hidden, inputs["attention_mask"], member.pooling))
+            loop.append(pool_hidden_states(hidden, inputs["attention_mask"], member.pooling))
     torch.testing.assert_close(phi, torch.stack(loop), rtol=1e-5, atol=1e-5)
     for k in range(1, K):  # the noise makes the members differ
         assert (phi[k] - phi[0]).abs().max() > 1e-4

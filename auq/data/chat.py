@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from auq._data_validation import PreferenceDataError, _check_messages, _RowError
+from auq.data.validation import PreferenceDataError, RowError, check_messages
 
 __all__ = ["render_conversation", "render_pair_texts"]
 
@@ -31,8 +31,8 @@ def render_conversation(
         return messages
     msgs = list(messages)
     try:
-        _check_messages(None, msgs)
-    except _RowError as err:
+        check_messages(None, msgs)
+    except RowError as err:
         raise PreferenceDataError(f"messages: {err.reason}") from None
     if _has_chat_template(tokenizer):
         return tokenizer.apply_chat_template(
@@ -41,7 +41,7 @@ def render_conversation(
     return "".join(f"{m['role']}: {m['content']}\n" for m in msgs)
 
 
-def _render_prompt(prompt: Any, tokenizer: Any) -> str:
+def render_prompt(prompt: Any, tokenizer: Any) -> str:
     return render_conversation(prompt, tokenizer, add_generation_prompt=True)
 
 
@@ -60,7 +60,7 @@ def render_pair_texts(prompt: Any, response: Any, tokenizer: Any = None) -> tupl
         raise TypeError("prompt and response must both be str or both be message lists")
     if not _has_chat_template(tokenizer):
         return render_conversation(prompt), render_conversation(response)
-    prompt_text = _render_prompt(prompt, tokenizer)
+    prompt_text = render_prompt(prompt, tokenizer)
     full = render_conversation([*prompt, *response], tokenizer)
     if full.startswith(prompt_text):
         return prompt_text, full[len(prompt_text) :]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from auq._validation import check_choice
+from auq.utils.validation import check_choice
 
 __all__ = [
     "NUMERIC_COLUMNS",
@@ -32,7 +32,7 @@ class PreferenceDataError(ValueError):
     """Invalid preference data; the message names the row index and the field."""
 
 
-class _RowError(Exception):
+class RowError(Exception):
     def __init__(self, field: str | None, reason: str) -> None:
         super().__init__(reason)
         self.field, self.reason = field, reason
@@ -42,44 +42,44 @@ class _RowError(Exception):
         return f"{where}: {self.reason}"
 
 
-def _check_messages(field: str | None, msgs: Sequence[Any]) -> None:
+def check_messages(field: str | None, msgs: Sequence[Any]) -> None:
     if len(msgs) == 0:
-        raise _RowError(field, "malformed message list: no messages")
+        raise RowError(field, "malformed message list: no messages")
     for j, m in enumerate(msgs):
         bad = f"malformed message list: message {j}"
         if not isinstance(m, Mapping):
             kind = type(m).__name__
-            raise _RowError(field, f"{bad} is a {kind}, expected a dict with 'role', 'content'")
+            raise RowError(field, f"{bad} is a {kind}, expected a dict with 'role', 'content'")
         for key in ("role", "content"):
             if not isinstance(m.get(key), str):
                 kind = type(m.get(key)).__name__
-                raise _RowError(field, f"{bad} needs a str {key!r}, got {kind}")
+                raise RowError(field, f"{bad} needs a str {key!r}, got {kind}")
         if not m["content"].strip():
-            raise _RowError(field, f"empty text in message {j}")
+            raise RowError(field, f"empty text in message {j}")
 
 
 def _check_text(field: str, value: Any) -> bool:
     """Validate one text field; return True when it is conversational."""
     if isinstance(value, str):
         if not value.strip():
-            raise _RowError(field, "empty text" + (" (whitespace only)" if value else ""))
+            raise RowError(field, "empty text" + (" (whitespace only)" if value else ""))
         return False
     if isinstance(value, list | tuple):
-        _check_messages(field, value)
+        check_messages(field, value)
         return True
-    raise _RowError(field, f"expected a str or a list of messages, got {type(value).__name__}")
+    raise RowError(field, f"expected a str or a list of messages, got {type(value).__name__}")
 
 
 def _check_number(field: str, value: Any) -> float:
     if value is None:
-        raise _RowError(field, "missing value (the column exists in other rows)")
+        raise RowError(field, "missing value (the column exists in other rows)")
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        raise _RowError(field, f"not a number (got {type(value).__name__})")
+        raise RowError(field, f"not a number (got {type(value).__name__})")
     x = float(value)
     if not math.isfinite(x):
-        raise _RowError(field, f"non-finite value {x}")
+        raise RowError(field, f"non-finite value {x}")
     if field == "weight" and x < 0:
-        raise _RowError(field, f"negative weight {x}")
+        raise RowError(field, f"negative weight {x}")
     return x
 
 
@@ -87,7 +87,7 @@ def _copy_text(value: Any) -> Any:
     return value if isinstance(value, str) else [dict(m) for m in value]
 
 
-def _require_columns(names: Sequence[str]) -> None:
+def require_columns(names: Sequence[str]) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
         present = ", ".join(repr(str(c)) for c in names) or "none"
@@ -98,26 +98,26 @@ def _require_columns(names: Sequence[str]) -> None:
 
 def _check_row(row: Any, numeric: list[str]) -> tuple[bool, list[float]]:
     """Validate one row; return (is_conversational, numeric values)."""
-    if isinstance(row, _RowError):
+    if isinstance(row, RowError):
         raise row
     if not isinstance(row, Mapping):
-        raise _RowError(None, f"expected a mapping (dict), got {type(row).__name__}")
+        raise RowError(None, f"expected a mapping (dict), got {type(row).__name__}")
     for c in REQUIRED_COLUMNS:
         if c not in row:
             have = ", ".join(repr(str(k)) for k in row) or "none"
-            raise _RowError(c, f"missing required column {c!r}; row has columns: {have}")
+            raise RowError(c, f"missing required column {c!r}; row has columns: {have}")
     conv = _check_text("prompt", row["prompt"])
     for c in ("chosen", "rejected"):
         if _check_text(c, row[c]) != conv:
-            raise _RowError(c, "mixes conversational and plain text within the row")
+            raise RowError(c, "mixes conversational and plain text within the row")
     left, right = row["chosen"], row["rejected"]
     if (left.strip() == right.strip()) if isinstance(left, str) else list(left) == list(right):
-        raise _RowError("rejected", "identical to 'chosen'")
+        raise RowError("rejected", "identical to 'chosen'")
     return conv, [_check_number(c, row.get(c)) for c in numeric]
 
 
-def _validate(rows: list[Any], on_error: str, stacklevel: int = 3) -> dict[str, Any]:
-    """Validate ``rows`` (mappings, or ``_RowError`` placeholders) into column state."""
+def validate_rows(rows: list[Any], on_error: str, stacklevel: int = 3) -> dict[str, Any]:
+    """Validate ``rows`` (mappings, or ``RowError`` placeholders) into column state."""
     check_choice("on_error", on_error, ON_ERROR)
     if not rows:
         raise PreferenceDataError("dataset has 0 rows")
@@ -125,7 +125,7 @@ def _validate(rows: list[Any], on_error: str, stacklevel: int = 3) -> dict[str, 
     for r in rows:
         if isinstance(r, Mapping):
             names.update(dict.fromkeys(map(str, r)))
-    _require_columns(list(names))
+    require_columns(list(names))
     numeric = [c for c in NUMERIC_COLUMNS if c in names]
     extra = [c for c in names if c not in REQUIRED_COLUMNS and c not in NUMERIC_COLUMNS]
     cols: dict[str, Any] = {c: [] for c in (*REQUIRED_COLUMNS, *numeric, *extra)}
@@ -136,8 +136,8 @@ def _validate(rows: list[Any], on_error: str, stacklevel: int = 3) -> dict[str, 
             kind, nums = _check_row(row, numeric)
             if conv is not None and kind != conv:
                 first = "conversational" if conv else "plain"
-                raise _RowError("prompt", f"mixes conversational and plain rows ({first} before)")
-        except _RowError as err:
+                raise RowError("prompt", f"mixes conversational and plain rows ({first} before)")
+        except RowError as err:
             if on_error == "raise":
                 raise PreferenceDataError(err.message(i)) from None
             skipped.append((i, err.field, err.reason))
@@ -150,7 +150,7 @@ def _validate(rows: list[Any], on_error: str, stacklevel: int = 3) -> dict[str, 
         for c in extra:
             cols[c].append(row.get(c))
     if skipped:
-        first = _RowError(*skipped[0][1:]).message(skipped[0][0])
+        first = RowError(*skipped[0][1:]).message(skipped[0][0])
         if len(skipped) == len(rows):
             raise PreferenceDataError(f"no valid rows: all {len(rows)} rows failed; first: {first}")
         msg = f"skipped {len(skipped)} of {len(rows)} rows with invalid data (see .skipped)"

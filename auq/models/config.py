@@ -13,10 +13,10 @@ from typing import Any
 
 from torch import nn
 
-from auq._validation import check_choice, check_positive_int
 from auq.backbone import Backbone
 from auq.heads.base import PreferenceHead
 from auq.heads.ensemble import EnsembleHead
+from auq.utils.validation import check_choice, check_positive_int
 
 __all__ = [
     "FEATURE_HEAD_METHODS",

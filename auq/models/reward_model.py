@@ -20,22 +20,24 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from auq.backbone import Backbone
-from auq.calibration import BaseCalibrator
 from auq.data import PreferenceDataset, render_pair_texts
-from auq.finetune import finetune_pairs
-from auq.fitting import FitConfig, FitHistory
 from auq.heads.base import PreferenceHead, load_head, save_head
 from auq.heads.ensemble import EnsembleHead
+from auq.heads.fitting import FitConfig, FitHistory
 from auq.members.base import MemberBackbone
-from auq.model_config import UQ_METHODS, RewardModelConfig, build_layers
+from auq.models.config import UQ_METHODS, RewardModelConfig, build_layers
+from auq.models.finetune import finetune_pairs
 from auq.types import PreferencePrediction, RewardPrediction
+
+if TYPE_CHECKING:
+    from auq.calibration import BaseCalibrator
 
 __all__ = ["UQ_METHODS", "RewardModel", "RewardModelConfig"]
 
@@ -106,7 +108,7 @@ class RewardModel(nn.Module):
             ``"laplace"`` / ``"pyro"``, which draw posterior samples).
         pooling : {"auto", "last", "mean", "cls"}
         max_length : int
-            Longest tokenised (prompt, response); see :mod:`auq.batching`.
+            Longest tokenised (prompt, response); see :mod:`auq.scoring.batching`.
         finetune : {"frozen", "full", "lora"}
             For ``uq="heads"`` and ``"mc_dropout"``: keep the backbone frozen
             (features cached), train it fully, or train PEFT LoRA adapters on it.
@@ -212,11 +214,11 @@ class RewardModel(nn.Module):
         eval_dataset : PreferenceDataset, optional
             Held-out pairs for per-epoch loss/accuracy and early stopping.
         epochs, batch_size, lr : optional
-            Overrides of :class:`auq.fitting.FitConfig` (defaults depend on ``finetune``).
+            Overrides of :class:`auq.heads.fitting.FitConfig` (defaults depend on ``finetune``).
         progress : bool
             Show progress bars.
         **options
-            Other :class:`~auq.fitting.FitConfig` fields (``weight_decay``,
+            Other :class:`~auq.heads.fitting.FitConfig` fields (``weight_decay``,
             ``center_coef``, ``patience``, ``seed``, ``max_grad_norm``).
 
         Returns
@@ -453,6 +455,6 @@ def _bias(layer: nn.Linear) -> Tensor | None:
 
 
 def _version() -> str:
-    from auq import __version__
+    from auq.utils.metadata import package_version
 
-    return __version__
+    return package_version()

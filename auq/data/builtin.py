@@ -60,8 +60,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from auq._validation import check_choice, check_positive_int
-from auq.data import PreferenceDataset
+from auq.data.dataset import PreferenceDataset
+from auq.utils.validation import check_choice, check_positive_int
 
 __all__ = [
     "BUILTIN_TOPICS",

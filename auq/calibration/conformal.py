@@ -39,16 +39,16 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
-from auq._validation import check_choice, check_probability
-from auq.calibration._base import (
+from auq.calibration.base import (
     SOURCES,
     STATE_VERSION,
     Source,
     resolve_labels,
     resolve_margins,
 )
-from auq.metrics._common import as_float_array, check_same_length
+from auq.metrics.checks import as_float_array, check_same_length
 from auq.types import PreferencePrediction, RewardPrediction
+from auq.utils.validation import check_choice, check_probability
 
 __all__ = [
     "ConformalInterval",

@@ -23,7 +23,7 @@ __all__ = ["calibrate_saved_model", "load_preference_data", "swap_symmetrized"]
 def load_preference_data(source: str) -> PreferenceDataset:
     """A JSONL path, or ``builtin`` / ``builtin:N`` / ``builtin-ood:N`` for the built-in set."""
     if source.startswith("builtin"):
-        from auq.builtin import load_builtin_preferences
+        from auq.data.builtin import load_builtin_preferences
 
         name, _, size = source.partition(":")
         if name not in ("builtin", "builtin-ood"):
@@ -74,8 +74,8 @@ def calibrate_saved_model(
     dict
         ``{"method", "n_calibration", "n_evaluation", "before": {...}, "after": {...}}``.
     """
+    from auq.models.reward_model import RewardModel
     from auq.plotting import plot_calibration_comparison, plot_reliability_diagram
-    from auq.reward_model import RewardModel
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,9 +36,9 @@ class DemoConfig:
 
 def run_demo(config: DemoConfig | None = None) -> dict[str, float]:
     """Train, evaluate and summarise; returns the figures it prints."""
-    from auq.builtin import gold_ceiling, load_builtin_preferences
-    from auq.defaults import default_backbone_path
-    from auq.reward_model import RewardModel
+    from auq.data.builtin import gold_ceiling, load_builtin_preferences
+    from auq.models.reward_model import RewardModel
+    from auq.utils.defaults import default_backbone_path
 
     config = config or DemoConfig()
     torch.manual_seed(config.seed)

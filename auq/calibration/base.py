@@ -7,9 +7,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
-from auq._validation import check_choice
-from auq.metrics._common import as_binary_labels, as_float_array
+from auq.metrics.checks import as_binary_labels, as_float_array
 from auq.types import PreferencePrediction
+from auq.utils.validation import check_choice
 
 __all__ = ["BaseCalibrator", "NotFittedError", "resolve_labels", "resolve_margins"]
 

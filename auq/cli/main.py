@@ -9,7 +9,7 @@ __all__ = ["main"]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from auq.demo import DemoConfig, run_demo
+    from auq.cli.demo import DemoConfig, run_demo
 
     run_demo(
         DemoConfig(
@@ -30,7 +30,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from auq.calibrate_model import calibrate_saved_model
+    from auq.cli.calibrate import calibrate_saved_model
 
     report = calibrate_saved_model(
         args.model_dir,
@@ -54,13 +54,13 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from auq import __version__
+    from auq.utils.metadata import package_version
 
     parser = argparse.ArgumentParser(
         prog="auq",
         description="auq: uncertainty-aware, calibrated reward models for alignment.",
     )
-    parser.add_argument("--version", action="version", version=f"auq {__version__}")
+    parser.add_argument("--version", action="version", version=f"auq {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from auq.batching import TokenizedTexts
-from auq.fitting import FitConfig, FitHistory, fit_pairs
+from auq.heads.fitting import FitConfig, FitHistory, fit_pairs
 from auq.losses import bradley_terry_loss, member_preference_loss
+from auq.scoring.batching import TokenizedTexts
 
 __all__ = ["finetune_pairs"]
 

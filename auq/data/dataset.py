@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from auq._data_validation import (
+from auq.data.chat import render_conversation, render_pair_texts, render_prompt
+from auq.data.validation import (
     NUMERIC_COLUMNS,
     PreferenceDataError,
-    _require_columns,
-    _RowError,
-    _validate,
+    RowError,
+    require_columns,
+    validate_rows,
 )
-from auq.chat import _render_prompt, render_conversation, render_pair_texts
 
 __all__ = [
     "PreferenceDataError",
@@ -66,7 +66,7 @@ class PreferenceDataset:
 
     def __init__(self, columns: Mapping[str, Sequence[Any]], *, on_error: str = "raise") -> None:
         names = [str(c) for c in columns]
-        _require_columns(names)
+        require_columns(names)
         n = len(columns["prompt"])
         for c, values in columns.items():
             if len(values) != n:
@@ -74,7 +74,7 @@ class PreferenceDataset:
                     f"column {c!r} has {len(values)} values but 'prompt' has {n}"
                 )
         rows = [{c: columns[c][i] for c in columns} for i in range(n)]
-        self._set(**_validate(rows, on_error, stacklevel=4))
+        self._set(**validate_rows(rows, on_error, stacklevel=4))
 
     def _set(self, cols: dict[str, Any], conversational: bool, skipped: list) -> None:
         self._cols, self._conversational, self._skipped = cols, conversational, skipped
@@ -87,7 +87,7 @@ class PreferenceDataset:
     @classmethod
     def _from_rows(cls, rows: list[Any], on_error: str) -> PreferenceDataset:
         obj = cls.__new__(cls)
-        obj._set(**_validate(rows, on_error, stacklevel=4))
+        obj._set(**validate_rows(rows, on_error, stacklevel=4))
         return obj
 
     # -- loaders -------------------------------------------------------------------------
@@ -121,10 +121,10 @@ class PreferenceDataset:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    obj = _RowError(None, f"line {lineno}: invalid JSON ({e.msg})")
-                if not isinstance(obj, dict | _RowError):
+                    obj = RowError(None, f"line {lineno}: invalid JSON ({e.msg})")
+                if not isinstance(obj, dict | RowError):
                     kind = type(obj).__name__
-                    obj = _RowError(None, f"line {lineno}: expected a JSON object, got {kind}")
+                    obj = RowError(None, f"line {lineno}: expected a JSON object, got {kind}")
                 rows.append(obj)
         return cls._from_rows(rows, on_error)
 
@@ -133,7 +133,7 @@ class PreferenceDataset:
         """Build from a ``pandas.DataFrame`` (pandas is only needed by the caller)."""
         if not (hasattr(df, "columns") and hasattr(df, "to_dict")):
             raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
-        _require_columns([str(c) for c in df.columns])
+        require_columns([str(c) for c in df.columns])
         return cls._from_rows(df.to_dict(orient="records"), on_error)
 
     @classmethod
@@ -146,7 +146,7 @@ class PreferenceDataset:
             )
         if names is None:
             raise TypeError(f"expected a datasets.Dataset, got {type(dataset).__name__}")
-        _require_columns(list(names))
+        require_columns(list(names))
         rows = dataset.to_list() if hasattr(dataset, "to_list") else list(dataset)
         return cls._from_rows(rows, on_error)
 
@@ -328,7 +328,7 @@ class PreferenceDataset:
         for c in ("chosen", "rejected"):
             pairs = zip(self._cols["prompt"], self._cols[c], strict=True)
             cols[c] = [render_pair_texts(p, r, tokenizer)[1] for p, r in pairs]
-        cols["prompt"] = [_render_prompt(p, tokenizer) for p in self._cols["prompt"]]
+        cols["prompt"] = [render_prompt(p, tokenizer) for p in self._cols["prompt"]]
         return self._derived(cols, False)
 
     def __repr__(self) -> str:

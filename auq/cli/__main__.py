@@ -1,0 +1,5 @@
+import sys
+
+from auq.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Ground-floor helpers shared by every wing: option checks, the packaged default backbone."""
