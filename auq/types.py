@@ -23,12 +23,27 @@ from auq.uncertainty import (
     reward_moments,
 )
 
-__all__ = ["PreferencePrediction", "RewardPrediction"]
+__all__ = ["PreferencePrediction", "RewardPrediction", "TruncationStats"]
 
 # A sampler returns ``n`` joint draws, shape (n, N); ``generator`` makes it reproducible.
 Sampler = Callable[[int, "torch.Generator | None"], Tensor]
 
 DEFAULT_N_SAMPLES = 64
+
+
+@dataclass
+class TruncationStats:
+    """How many (prompt, response) items were cut to fit ``max_length`` (see :mod:`auq.scoring`)."""
+
+    n_items: int = 0
+    n_prompt_truncated: int = 0
+    n_response_truncated: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.n_prompt_truncated}/{self.n_items} prompts and "
+            f"{self.n_response_truncated}/{self.n_items} responses truncated"
+        )
 
 
 def _check_1d(name: str, value: Tensor | None, n: int) -> None:

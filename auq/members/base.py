@@ -112,3 +112,10 @@ class MemberBackbone(Backbone):
             name_or_path=backbone.name_or_path,
         )
         return member
+
+
+def check_n_members(value: object, *, what: str = "n_members") -> int:
+    """K ≥ 2 for an ensemble (T ≥ 2 passes for MC dropout), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(f"{what} must be an integer >= 2 for an ensemble, got {value!r}")
+    return value

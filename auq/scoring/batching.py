@@ -31,22 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from auq.types import TruncationStats
+
 __all__ = ["TextEncoder", "TokenizedTexts", "TruncationStats", "collate", "token_budget_batches"]
-
-
-@dataclass
-class TruncationStats:
-    """How many items were cut to fit ``max_length`` (see the module's truncation policy)."""
-
-    n_items: int = 0
-    n_prompt_truncated: int = 0
-    n_response_truncated: int = 0
-
-    def __str__(self) -> str:
-        return (
-            f"{self.n_prompt_truncated}/{self.n_items} prompts and "
-            f"{self.n_response_truncated}/{self.n_items} responses truncated"
-        )
 
 
 @dataclass
