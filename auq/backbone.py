@@ -2,17 +2,28 @@
 
 Two ways in:
 
-* a plain ``AutoModel`` (encoder or decoder), pooled to one vector per sequence:
-  the last non-pad token for causal models, mean (or CLS) for encoders;
+* a plain ``AutoModel`` (encoder or decoder), pooled to one vector per sequence
+  with the attention mask: the last real token for causal models, mean (or CLS)
+  for encoders (:mod:`auq.scoring.pooling`);
 * an existing reward checkpoint in TRL's format
   (``AutoModelForSequenceClassification`` with ``num_labels=1``): the features
-  are the *input of its score layer*, captured with a forward hook, so an auq
-  head initialised from that layer reproduces the checkpoint's reward exactly,
-  whatever pooler or classifier block the architecture puts in front of it.
+  are the *input of its score layer*, captured with a forward hook and read where
+  Hugging Face reads the score — the rightmost token that is not
+  ``config.pad_token_id`` for decoders, the pooler output for BERT-style encoders —
+  so an auq head initialised from that layer reproduces the checkpoint's reward
+  exactly, whatever pooler or classifier block the architecture puts in front of it.
+
+Texts are tokenised the way each kind expects (reward checkpoints exactly as
+TRL's ``RewardTrainer`` did in training); the format per kind is documented in
+:mod:`auq.scoring.tokenization`. Loading (:meth:`Backbone.from_pretrained`) takes
+safetensors weights only and passes Hugging Face's loading options through
+(:mod:`auq.scoring.loading`).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +32,20 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from auq.scoring.batching import TextEncoder, TokenizedTexts, collate, token_budget_batches
+from auq.scoring.batching import collate, token_budget_batches
+from auq.scoring.loading import (
+    TOKENIZER_OPTIONS,
+    BackboneLoadError,
+    check_load_options,
+    check_local_weights,
+    position_limit,
+    quiet_transformers,
+)
+from auq.scoring.pooling import last_non_pad_index, pool_hidden_states
+from auq.scoring.tokenization import TextEncoder, TokenizedTexts
 from auq.utils.validation import check_choice
 
-__all__ = ["POOLING_CHOICES", "Backbone", "is_reward_checkpoint"]
+__all__ = ["POOLING_CHOICES", "Backbone", "is_reward_checkpoint", "pool_hidden_states"]
 
 POOLING_CHOICES = ("auto", "last", "mean", "cls")
 
@@ -53,17 +74,37 @@ def _find_score_layer(model: nn.Module) -> nn.Linear:
     return candidates[-1]
 
 
-def pool_hidden_states(hidden: Tensor, mask: Tensor, pooling: str) -> Tensor:
-    """(B, L, d), (B, L) → (B, d)."""
-    if pooling == "mean":
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-    if pooling == "cls":
-        return hidden[:, 0]
-    # last non-pad token; correct for left or right padding
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    last = (positions * mask).argmax(-1)  # (B,)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+def _check_max_length(max_length: int, model: nn.Module) -> None:
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 4:
+        raise ValueError(f"max_length must be an integer >= 4, got {max_length!r}")
+    limit = position_limit(model)
+    if limit is not None and max_length > limit[0]:
+        kind = model.config.model_type
+        raise ValueError(
+            f"max_length={max_length} is longer than the backbone's position limit of "
+            f"{limit[0]} tokens ({kind}: {limit[1]}); use max_length <= {limit[0]}"
+        )
+
+
+def _fill_pad_tokens(model: nn.Module, tokenizer, reward_checkpoint: bool) -> None:
+    """Give the tokenizer (and a reward checkpoint's config) a pad token, as TRL does."""
+    config = model.config.get_text_config()
+    config_pad = config.pad_token_id if reward_checkpoint else None
+    if tokenizer.pad_token_id is None:
+        if config_pad is not None:
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(config_pad)
+        elif tokenizer.eos_token is not None or tokenizer.unk_token is not None:
+            # decoders often have no pad token; right padding + masks make any id safe
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        else:
+            raise ValueError(
+                f"the tokenizer of {type(model).__name__} has no pad, EOS or unknown token to "
+                "pad batches with; set tokenizer.pad_token before building the Backbone"
+            )
+    if reward_checkpoint and config_pad is None:
+        # HF's *ForSequenceClassification finds the scored token with config.pad_token_id
+        # (batches > 1 fail without it); TRL sets it from the tokenizer's pad, or EOS
+        config.pad_token_id = tokenizer.pad_token_id
 
 
 class Backbone(nn.Module):
@@ -74,10 +115,16 @@ class Backbone(nn.Module):
     model : PreTrainedModel
         ``AutoModel`` output, or a sequence-classification reward checkpoint.
     tokenizer : PreTrainedTokenizerBase
+        A fast tokenizer. A missing pad token is filled in (EOS or unknown token);
+        a reward checkpoint without ``config.pad_token_id`` gets the tokenizer's
+        pad (or EOS) there, as TRL's trainer sets it.
     pooling : {"auto", "last", "mean", "cls"}
-        "auto" picks "last" for decoders and "mean" for encoders.
+        Plain backbones: "auto" picks "last" for decoders and "mean" for encoders.
+        Reward checkpoints read their score layer's input where the architecture
+        does; only "auto" applies (``pooling`` then reads ``"checkpoint"``).
     max_length : int
-        Longest tokenised (prompt, response), see :mod:`auq.scoring.batching`.
+        Longest tokenised (prompt, response), at most the model's position limit;
+        see :mod:`auq.scoring.tokenization`.
     name_or_path : str
         Where the model came from (kept in saved configs).
     """
@@ -93,18 +140,31 @@ class Backbone(nn.Module):
     ) -> None:
         super().__init__()
         check_choice("pooling", pooling, POOLING_CHOICES)
+        config = model.config
+        self.is_reward_checkpoint = is_reward_checkpoint(config)
+        if self.is_reward_checkpoint and pooling != "auto":
+            raise ValueError(
+                f"pooling={pooling!r} does not apply to a reward checkpoint "
+                f"({type(model).__name__}): its score is read where the architecture reads "
+                "it; use pooling='auto'"
+            )
+        _check_max_length(max_length, model)
         self.model = model
         self.tokenizer = tokenizer
         self.name_or_path = name_or_path
-        config = model.config
         self.is_encoder = _is_encoder(config)
-        self.pooling = ("mean" if self.is_encoder else "last") if pooling == "auto" else pooling
-        self.is_reward_checkpoint = is_reward_checkpoint(config)
-        if tokenizer.pad_token_id is None:
-            # decoders often have no pad token; right padding + masks make any id safe
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if self.is_reward_checkpoint:
+            self.pooling = "checkpoint"
+        elif pooling == "auto":
+            self.pooling = "mean" if self.is_encoder else "last"
+        else:
+            self.pooling = pooling
+        _fill_pad_tokens(model, tokenizer, self.is_reward_checkpoint)
         self.text_encoder = TextEncoder(
-            tokenizer, max_length=max_length, pair_encoding=self.is_encoder
+            tokenizer,
+            max_length=max_length,
+            pair_encoding=self.is_encoder and not self.is_reward_checkpoint,
+            append_eos=self.is_reward_checkpoint and tokenizer.eos_token is not None,
         )
         self._captured: Tensor | None = None
         self.score_layer: nn.Linear | None = None
@@ -121,48 +181,78 @@ class Backbone(nn.Module):
         *,
         pooling: str = "auto",
         max_length: int = 256,
-        dtype: torch.dtype | None = None,
-        **model_kwargs: Any,
+        dtype: torch.dtype | str | None = None,
+        **load_options: Any,
     ) -> Backbone:
         """Load a backbone by hub name or local path (reward checkpoints detected).
 
         Parameters
         ----------
         name_or_path : str or Path
+            A local directory written by ``save_pretrained`` (safetensors weights),
+            or a hub name (``HF_HUB_OFFLINE=1`` uses the local cache only).
         pooling, max_length : see the class.
-        dtype : torch.dtype, optional
+        dtype : torch.dtype or "auto", optional
             Weights dtype, float32 by default whatever the checkpoint stores (e.g.
             ``torch.bfloat16`` on GPU); heads always compute in float32.
-        **model_kwargs
-            Passed to ``from_pretrained`` (``revision``, ``attn_implementation``, ...).
-        """
-        from transformers import (
-            AutoConfig,
-            AutoModel,
-            AutoModelForSequenceClassification,
-            AutoTokenizer,
-        )
+        **load_options
+            Hugging Face loading options: ``revision``, ``trust_remote_code`` (model
+            and tokenizer), ``attn_implementation``, ``device_map`` (model). An
+            option naming an attribute of the model's config overrides it (e.g.
+            ``hidden_dropout_prob=0.2``); anything else is refused.
 
-        name_or_path = str(name_or_path)
-        try:
-            config = AutoConfig.from_pretrained(name_or_path)
-        except OSError as err:
-            raise OSError(
-                f"could not load a Hugging Face model from {name_or_path!r}: give a local "
-                "directory with config.json, or a hub name available offline (HF_HUB_OFFLINE=1 "
-                f"uses the local cache only). Original error: {err}"
-            ) from err
-        # float32 unless asked otherwise (not the checkpoint's storage dtype)
-        model_kwargs["dtype"] = torch.float32 if dtype is None else dtype
-        auto = AutoModelForSequenceClassification if is_reward_checkpoint(config) else AutoModel
-        model = auto.from_pretrained(name_or_path, **model_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        Raises
+        ------
+        BackboneLoadError (an OSError)
+            Nothing loadable at ``name_or_path``, or weights only in pickle files.
+        """
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        check_choice("pooling", pooling, POOLING_CHOICES)
+        name = str(name_or_path)
+        shared = {k: load_options[k] for k in TOKENIZER_OPTIONS if k in load_options}
+        with quiet_transformers():
+            config = _load_config(name, shared)
+            options, overrides = check_load_options(load_options, config)
+            for key, value in overrides.items():
+                setattr(config, key, value)
+            check_local_weights(name)
+            auto = AutoModelForSequenceClassification if is_reward_checkpoint(config) else AutoModel
+            try:
+                model, info = auto.from_pretrained(
+                    name,
+                    config=config,
+                    dtype=torch.float32 if dtype is None else dtype,
+                    use_safetensors=True,
+                    output_loading_info=True,
+                    **options,
+                )
+            except OSError as err:
+                if "safetensors" not in str(err):
+                    raise BackboneLoadError(
+                        f"could not load the weights of {name!r}: {err}"
+                    ) from err
+                raise BackboneLoadError(
+                    f"{name!r} has no safetensors weights (model.safetensors); auq loads "
+                    "safetensors only (loading a pickle can run code). Convert the checkpoint "
+                    "once where you trust its source (load it with transformers and "
+                    "save_pretrained() it), then load the converted directory"
+                ) from None
+            tokenizer = _load_tokenizer(name, shared)
+        missing = list(info.get("missing_keys", ()))
+        if missing:
+            warnings.warn(
+                f"{name}: {len(missing)} weight(s) of {type(model).__name__} are not in the "
+                f"checkpoint and start random: {', '.join(sorted(missing)[:5])}"
+                + (", ..." if len(missing) > 5 else ""),
+                stacklevel=2,
+            )
         return cls(
             model.eval(),
             tokenizer,
             pooling=pooling,
             max_length=max_length,
-            name_or_path=name_or_path,
+            name_or_path=name,
         )
 
     # -- features -----------------------------------------------------------------
@@ -199,22 +289,44 @@ class Backbone(nn.Module):
         if self.score_layer is not None:
             self.model(**kwargs)
             captured, self._captured = self._captured, None
-            # (B, L, d) for decoders that score every position, (B, d) after a pooler
-            phi = (
-                pool_hidden_states(captured, attention_mask, "last")
-                if captured.ndim == 3
-                else captured
-            )
+            if captured.ndim == 3:  # (B, L, d): a decoder scores every position
+                pad_id = self.model.config.get_text_config().pad_token_id
+                last = last_non_pad_index(input_ids, pad_id, attention_mask)  # (B,) as HF reads
+                phi = captured[torch.arange(captured.shape[0], device=captured.device), last]
+            else:  # (B, d): after the architecture's pooler
+                phi = captured
         else:
             hidden = self.model(**kwargs).last_hidden_state  # (B, L, d)
             phi = pool_hidden_states(hidden, attention_mask, self.pooling)
         return phi.float()
 
     def tokenize(
-        self, prompts: list[str], responses: list[str], *, add_special_tokens: bool = True
+        self,
+        prompts: Sequence[Any],
+        responses: Sequence[Any],
+        *,
+        add_special_tokens: bool = True,
     ) -> TokenizedTexts:
-        """Token ids of N (prompt, response) texts under the truncation policy."""
-        return self.text_encoder.encode(prompts, responses, add_special_tokens=add_special_tokens)
+        """Token ids of N (prompt, response) rows in this backbone's text format.
+
+        Parameters
+        ----------
+        prompts, responses : sequences of N items
+            Raw rows: each a str, or a list of ``{"role", "content"}`` messages
+            (rendered with the tokenizer's chat template where it has one); see
+            :mod:`auq.scoring.tokenization` for the format per backbone kind.
+        add_special_tokens : bool
+            False only for plain-text rows the caller already rendered with a chat
+            template (the joined text is tokenised as it is).
+
+        Returns
+        -------
+        TokenizedTexts
+            Ids, segment ids where used, and ``stats`` (:class:`~auq.types.TruncationStats`).
+        """
+        return self.text_encoder.encode(
+            list(prompts), list(responses), add_special_tokens=add_special_tokens
+        )
 
     def features_of(self, tokenized: TokenizedTexts, indices: np.ndarray | list[int]) -> Tensor:
         """Features of selected tokenised items (gradients flow if the model trains), (b, d)."""
@@ -262,3 +374,61 @@ class Backbone(nn.Module):
             out[..., torch.as_tensor(idx, device=phi.device), :] = phi
         self.train(was_training)
         return out
+
+
+def _load_config(name: str, options: dict[str, Any]):
+    from transformers import AutoConfig
+
+    path = Path(name)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise BackboneLoadError(
+            f"could not load a Hugging Face model from {name!r}: the directory has no "
+            "config.json; give a directory written by save_pretrained() (config.json, "
+            "model.safetensors, tokenizer files) or a hub name"
+        )
+    try:
+        return AutoConfig.from_pretrained(name, **options)
+    except (OSError, ValueError) as err:
+        where = (
+            "no such local directory, and no hub model of that name in reach"
+            if not path.exists()
+            else "its config.json could not be read"
+        )
+        raise BackboneLoadError(
+            f"could not load a Hugging Face model from {name!r}: {where}. Give a local "
+            "directory with config.json and model.safetensors, or a hub name available "
+            f"offline (HF_HUB_OFFLINE=1 uses the local cache only). Original error: {err}"
+        ) from err
+
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def _load_tokenizer(name: str, options: dict[str, Any]):
+    from transformers import AutoTokenizer
+
+    fix = (
+        "save the model's tokenizer next to it (tokenizer.save_pretrained(path) writes "
+        "tokenizer.json and tokenizer_config.json)"
+    )
+    path = Path(name)
+    # transformers would build an empty tokenizer (every word unknown) from config.json alone
+    if path.is_dir() and not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise BackboneLoadError(
+            f"could not load a tokenizer from {name!r}: it has no tokenizer "
+            f"files ({', '.join(_TOKENIZER_FILES[:2])}, ...); {fix}"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(name, **options)
+    except (OSError, ValueError, TypeError) as err:
+        raise BackboneLoadError(
+            f"could not load a tokenizer from {name!r}: {fix}. Original error: {err}"
+        ) from err

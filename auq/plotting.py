@@ -5,6 +5,14 @@ matplotlib is imported inside each function (it is an optional dependency,
 function works under the non-interactive ``Agg`` backend. Each function takes
 an optional ``ax``, returns the :class:`~matplotlib.figure.Figure`, and writes
 a PNG when given ``save_path``.
+
+Wherever a function takes probabilities or uncertainty scores it also takes a
+:class:`~auq.types.PreferencePrediction` (labels then default to "chosen wins";
+uncertainties are the score named by ``score=``, default ``"response_std"``).
+Reliability diagrams swap-symmetrise one-class labels (``symmetrize="auto"``,
+see :func:`auq.metrics.calibration_inputs`) or refuse them with
+``symmetrize=False``, and say so in their title; axis labels and titles name the
+uncertainty score shown.
 """
 
 from __future__ import annotations
@@ -16,12 +24,15 @@ import numpy as np
 
 from auq.metrics import (
     ReliabilityCurve,
+    calibration_inputs,
     expected_calibration_error,
     ood_auroc,
     reliability_curve,
     risk_coverage_curve,
+    uncertainty_values,
 )
 from auq.metrics.checks import as_float_array
+from auq.types import PreferencePrediction
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -94,6 +105,18 @@ def _draw_counts(hax: Axes, curve: ReliabilityCurve, color: Any, label: str | No
     hax.stairs(curve.counts, curve.edges, color=color, fill=False, lw=1.5, label=label)
 
 
+def _title(title: str, symmetrized: bool) -> str:
+    return f"{title}\n(pairs swap-symmetrised)" if symmetrized else title
+
+
+def _model_name(y_prob: Any) -> str | None:
+    """A prediction's method (and calibrator) as a legend label; None for arrays."""
+    if not isinstance(y_prob, PreferencePrediction):
+        return None
+    name = y_prob.method or "model"
+    return f"{name} + {y_prob.calibrator}" if y_prob.calibrator else name
+
+
 def _frame(ax: Axes, xlabel: str) -> None:
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)
@@ -116,6 +139,8 @@ class ReliabilityDisplay:
     name : str, optional
         Legend label of the model.
     form : {"positive", "top_label"}
+    symmetrized : bool
+        Whether the pairs were swap-symmetrised (shown in the title).
     """
 
     def __init__(
@@ -125,11 +150,13 @@ class ReliabilityDisplay:
         ece: float,
         name: str | None = None,
         form: str = "positive",
+        symmetrized: bool = False,
     ) -> None:
         self.curve = curve
         self.ece = ece
         self.name = name
         self.form = form
+        self.symmetrized = symmetrized
 
     @classmethod
     def from_predictions(
@@ -142,6 +169,7 @@ class ReliabilityDisplay:
         form: str = "positive",
         name: str | None = None,
         hist: bool = True,
+        symmetrize: Any = "auto",
         ax: Axes | None = None,
         save_path: str | Path | None = None,
     ) -> ReliabilityDisplay:
@@ -149,15 +177,19 @@ class ReliabilityDisplay:
 
         Parameters
         ----------
-        y_true : array-like or Tensor, shape (N,)
-            Outcomes in {0, 1}.
-        y_prob : array-like or Tensor, shape (N,)
-            Predicted P(y = 1).
+        y_true : array-like or Tensor, shape (N,), or None
+            Outcomes in {0, 1}; None with a prediction means "chosen wins".
+        y_prob : array-like or Tensor, shape (N,), or PreferencePrediction
+            Predicted P(chosen ≻ rejected).
         n_bins, strategy, form
             As in :func:`auq.metrics.reliability_curve`.
         name : str, optional
+            Legend label; defaults to a prediction's method (and calibrator).
         hist : bool
             Draw the per-bin counts in a short panel under the diagram.
+        symmetrize : {"auto", True, False}
+            Swap-symmetrise the pairs; ``"auto"`` does so when the labels are one
+            class, ``False`` refuses one-class labels.
         ax : matplotlib Axes, optional
         save_path : str or Path, optional
 
@@ -165,9 +197,12 @@ class ReliabilityDisplay:
         -------
         ReliabilityDisplay
         """
-        curve = reliability_curve(y_true, y_prob, n_bins, strategy, form=form)
-        ece = expected_calibration_error(y_true, y_prob, n_bins, strategy, form=form)
-        display = cls(curve, ece=ece, name=name, form=form)
+        inputs = calibration_inputs(y_true, y_prob, symmetrize=symmetrize)
+        y, p = inputs.y_true, inputs.y_prob
+        curve = reliability_curve(y, p, n_bins, strategy, form=form)
+        ece = expected_calibration_error(y, p, n_bins, strategy, form=form)
+        name = _model_name(y_prob) if name is None else name
+        display = cls(curve, ece=ece, name=name, form=form, symmetrized=inputs.symmetrized)
         return display.plot(hist=hist, ax=ax, save_path=save_path)
 
     def plot(
@@ -178,7 +213,7 @@ class ReliabilityDisplay:
         label = f"{self.name or 'model'} (ECE = {self.ece:.3f})"
         line = _draw_curve(ax, self.curve, label)
         _frame(ax, "confidence" if self.form == "top_label" else "predicted P(chosen ≻ rejected)")
-        ax.set_title("Reliability diagram")
+        ax.set_title(_title("Reliability diagram", self.symmetrized))
         self.hist_ax_ = None
         if hist:
             self.hist_ax_ = _counts_axis(ax)
@@ -197,12 +232,14 @@ def plot_reliability_diagram(
     form: str = "positive",
     name: str | None = None,
     hist: bool = True,
+    symmetrize: Any = "auto",
     ax: Axes | None = None,
     save_path: str | Path | None = None,
 ) -> Figure:
     """Reliability diagram with ECE in the legend and counts underneath.
 
-    Parameters as in :meth:`ReliabilityDisplay.from_predictions`.
+    Parameters as in :meth:`ReliabilityDisplay.from_predictions` (``y_prob`` may be
+    a PreferencePrediction).
 
     Returns
     -------
@@ -210,7 +247,7 @@ def plot_reliability_diagram(
     """
     return ReliabilityDisplay.from_predictions(
         y_true, y_prob, n_bins=n_bins, strategy=strategy, form=form, name=name,
-        hist=hist, ax=ax, save_path=save_path,
+        hist=hist, symmetrize=symmetrize, ax=ax, save_path=save_path,
     ).figure_  # fmt: skip
 
 
@@ -222,6 +259,7 @@ def plot_calibration_comparison(
     n_bins: int = 15,
     strategy: str = "uniform",
     labels: tuple[str, str] = ("before", "after"),
+    symmetrize: Any = "auto",
     ax: Axes | None = None,
     save_path: str | Path | None = None,
 ) -> Figure:
@@ -229,12 +267,16 @@ def plot_calibration_comparison(
 
     Parameters
     ----------
-    y_true : array-like or Tensor, shape (N,)
-    probs_before, probs_after : array-like or Tensor, shape (N,)
-        Probabilities before and after calibration.
+    y_true : array-like or Tensor, shape (N,), or None
+        None when both probabilities come as predictions: "chosen wins".
+    probs_before, probs_after : array-like or Tensor, shape (N,), or PreferencePrediction
+        Probabilities before and after calibration (e.g. ``pred`` and
+        ``calibrator.calibrate(pred)``).
     n_bins, strategy
         As in :func:`auq.metrics.reliability_curve`.
     labels : (str, str)
+    symmetrize : {"auto", True, False}
+        As in :meth:`ReliabilityDisplay.from_predictions` (the same for both).
     ax : matplotlib Axes, optional
     save_path : str or Path, optional
 
@@ -242,15 +284,19 @@ def plot_calibration_comparison(
     -------
     matplotlib Figure
     """
+    inputs = [
+        calibration_inputs(y_true, probs, symmetrize=symmetrize)
+        for probs in (probs_before, probs_after)
+    ]
     fig, ax = _axes(ax, (5.0, 5.5))
     curves = []
-    for probs, label, color in zip((probs_before, probs_after), labels, ("C3", "C0"), strict=True):
-        curve = reliability_curve(y_true, probs, n_bins, strategy)
-        ece = expected_calibration_error(y_true, probs, n_bins, strategy)
+    for inp, label, color in zip(inputs, labels, ("C3", "C0"), strict=True):
+        curve = reliability_curve(inp.y_true, inp.y_prob, n_bins, strategy)
+        ece = expected_calibration_error(inp.y_true, inp.y_prob, n_bins, strategy)
         _draw_curve(ax, curve, f"{label} (ECE = {ece:.3f})", color=color)
         curves.append((curve, label, color))
     _frame(ax, "predicted P(chosen ≻ rejected)")
-    ax.set_title("Calibration before and after")
+    ax.set_title(_title("Calibration before and after", inputs[0].symmetrized))
     hax = _counts_axis(ax)
     for curve, label, color in curves:
         _draw_counts(hax, curve, color, label)
@@ -260,8 +306,9 @@ def plot_calibration_comparison(
 
 def plot_risk_coverage(
     losses: Any,
-    uncertainty: Any,
+    uncertainty: Any = None,
     *,
+    score: str | None = None,
     name: str | None = None,
     oracle: bool = True,
     ax: Axes | None = None,
@@ -271,10 +318,14 @@ def plot_risk_coverage(
 
     Parameters
     ----------
-    losses : array-like or Tensor, shape (N,)
-        Per-prediction loss (0/1 errors or e.g. NLL).
-    uncertainty : array-like or Tensor, shape (N,)
-        Larger means less sure.
+    losses : array-like or Tensor, shape (N,), or PreferencePrediction
+        Per-prediction loss (0/1 errors or e.g. NLL); a prediction gives its 0/1
+        errors against "chosen wins" (``1 − correct``).
+    uncertainty : array-like or Tensor, shape (N,), or PreferencePrediction, optional
+        Larger means less sure; defaults to ``losses`` when that is a prediction.
+    score : str, optional
+        The prediction's uncertainty score (default ``"response_std"``); named in
+        the axis label.
     name : str, optional
     oracle : bool
         Also draw the curve of an oracle that ranks by the loss itself.
@@ -285,19 +336,26 @@ def plot_risk_coverage(
     -------
     matplotlib Figure
     """
+    if isinstance(losses, PreferencePrediction):
+        uncertainty = losses if uncertainty is None else uncertainty
+        name = _model_name(losses) if name is None else name
+        losses = (~losses.correct).double()
+    if uncertainty is None:
+        raise ValueError("uncertainty is required unless losses is a PreferencePrediction")
+    u, score = uncertainty_values("uncertainty", uncertainty, score)
+    loss = as_float_array("losses", losses)
     fig, ax = _axes(ax, (5.0, 4.0))
-    coverage, risk = risk_coverage_curve(losses, uncertainty)
+    coverage, risk = risk_coverage_curve(loss, u)
     ax.plot(coverage, risk, label=f"{name or 'model'} (AURC = {risk.mean():.3f})")
     if oracle:
-        loss = as_float_array("losses", losses)
         cov_o, risk_o = risk_coverage_curve(loss, loss)
         ax.plot(cov_o, risk_o, ls="--", color="grey", label=f"oracle (AURC = {risk_o.mean():.3f})")
     ax.axhline(risk[-1], color="grey", lw=0.8, ls=":")
     ax.set_xlim(0, 1)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("coverage (fraction of most certain predictions kept)")
+    ax.set_xlabel(f"coverage (fraction kept, most certain by {score or 'uncertainty'} first)")
     ax.set_ylabel("risk (mean loss)")
-    ax.set_title("Risk–coverage")
+    ax.set_title(f"Risk–coverage, ranked by {score or 'uncertainty'}")
     ax.legend(fontsize="small")
     _save(fig, save_path)
     return fig
@@ -307,9 +365,10 @@ def plot_uncertainty_histograms(
     in_uncertainty: Any,
     ood_uncertainty: Any,
     *,
+    score: str | None = None,
     bins: int = 40,
     labels: tuple[str, str] = ("in-distribution", "out-of-distribution"),
-    xlabel: str = "uncertainty",
+    xlabel: str | None = None,
     ax: Axes | None = None,
     save_path: str | Path | None = None,
 ) -> Figure:
@@ -317,11 +376,14 @@ def plot_uncertainty_histograms(
 
     Parameters
     ----------
-    in_uncertainty : array-like or Tensor, shape (N_in,)
-    ood_uncertainty : array-like or Tensor, shape (N_ood,)
+    in_uncertainty : array-like or Tensor, shape (N_in,), or PreferencePrediction
+    ood_uncertainty : array-like or Tensor, shape (N_ood,), or PreferencePrediction
+    score : str, optional
+        The predictions' score (default ``"response_std"``); only with predictions.
     bins : int
     labels : (str, str)
-    xlabel : str
+    xlabel : str, optional
+        Defaults to the score's name (``"uncertainty"`` for arrays).
     ax : matplotlib Axes, optional
     save_path : str or Path, optional
 
@@ -329,16 +391,17 @@ def plot_uncertainty_histograms(
     -------
     matplotlib Figure
     """
-    u_in = as_float_array("in_uncertainty", in_uncertainty)
-    u_out = as_float_array("ood_uncertainty", ood_uncertainty)
+    u_in, name_in = uncertainty_values("in_uncertainty", in_uncertainty, score)
+    u_out, name_out = uncertainty_values("ood_uncertainty", ood_uncertainty, score)
+    shown = name_in or name_out
     fig, ax = _axes(ax, (5.0, 3.5))
     edges = np.histogram_bin_edges(np.concatenate([u_in, u_out]), bins=bins)
     for values, label, color in zip((u_in, u_out), labels, ("C0", "C1"), strict=True):
         ax.hist(values, bins=edges, density=True, alpha=0.45, color=color, label=label)
         ax.hist(values, bins=edges, density=True, histtype="step", color=color)
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel(xlabel or shown or "uncertainty")
     ax.set_ylabel("density")
-    ax.set_title(f"Uncertainty (OOD AUROC = {ood_auroc(u_in, u_out):.3f})")
+    ax.set_title(f"{shown or 'Uncertainty'} (OOD AUROC = {ood_auroc(u_in, u_out):.3f})")
     ax.legend(fontsize="small")
     _save(fig, save_path)
     return fig

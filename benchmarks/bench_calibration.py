@@ -3,8 +3,9 @@
 For each method: accuracy, ECE (15 uniform bins), NLL and Brier on held-out
 in-distribution pairs — before calibration and after each of the temperature,
 Platt, isotonic and beta calibrators fitted on a separate calibration split — and
-the OOD AUROC of its epistemic uncertainty (margin std). Metrics are computed on
-the swap-symmetrised held-out pairs (each pair as given and swapped).
+the OOD AUROC of its epistemic uncertainty (the responses' reward std, and the margin
+std). Accuracy is computed on the pairs as given; ECE, NLL and Brier on the
+swap-symmetrised held-out pairs (each pair as given and swapped).
 
 Feature-level methods (heads, laplace, pyro) share one pass of the frozen backbone
 over all splits; backbone-level ensembles (lora, partial, deep, mc_dropout) are
@@ -27,13 +28,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
 import torch
 from _common import device_name
 
 import auq
 from auq.calibration import CALIBRATORS, make_calibrator
-from auq.cli.calibrate import swap_symmetrized
 from auq.data.builtin import gold_ceiling, load_builtin_preferences
 from auq.heads import EnsembleHead, LaplaceHead
 from auq.metrics import calibration_report, ood_auroc
@@ -44,7 +43,7 @@ FEATURE_METHODS = ("heads", "laplace", "pyro")
 
 def _feature_head(uq: str, d: int, k: int, quick: bool):
     if uq == "heads":
-        return EnsembleHead(d, n_members=k, bootstrap=True)
+        return EnsembleHead(d, n_members=k)
     if uq == "laplace":
         return LaplaceHead(d)
     from auq.heads import PyroHead
@@ -52,9 +51,9 @@ def _feature_head(uq: str, d: int, k: int, quick: bool):
     return PyroHead(d, guide="lowrank", num_steps=100 if quick else 1500)
 
 
-def _metrics(probs: np.ndarray) -> dict[str, float]:
-    y, p = swap_symmetrized(probs)
-    report = calibration_report(y, p)
+def _metrics(pred: auq.PreferencePrediction) -> dict[str, float]:
+    """Accuracy on the pairs; ECE/NLL/Brier on the swap-symmetrised pairs ("chosen wins")."""
+    report = calibration_report(None, pred)
     return {k: float(report[k]) for k in ("accuracy", "ece", "nll", "brier")}
 
 
@@ -105,12 +104,9 @@ def main() -> None:
             }
             print(f"fitted {uq}", flush=True)
     for uq in (m for m in methods if m not in FEATURE_METHODS):
+        count = {"n_passes" if uq == "mc_dropout" else "n_members": args.members}
         rm = auq.RewardModel.from_backbone(
-            backbone,
-            uq=uq,
-            n_members=args.members,
-            max_length=args.max_length,
-            device=args.device,
+            backbone, uq=uq, max_length=args.max_length, device=args.device, **count
         )
         rm.fit(train, eval_dataset=cal, epochs=args.epochs, progress=False)
         predictions[uq] = {name: rm.predict(splits[name]) for name in ("cal", "test", "ood")}
@@ -119,15 +115,15 @@ def main() -> None:
     results = []
     for uq, preds in predictions.items():
         test_pred = preds["test"]
-        row = {"method": uq, "before": _metrics(test_pred.prob.numpy())}
+        row = {"method": uq, "before": _metrics(test_pred)}
         for name in CALIBRATORS:
             calibrator = make_calibrator(name).fit(preds["cal"])
-            row[name] = _metrics(calibrator.predict_proba(test_pred))
+            row[name] = _metrics(calibrator.calibrate(test_pred))
             if name == "temperature":
                 row["temperature"]["T"] = float(calibrator.temperature_)
-        row["ood_auroc"] = float(
-            ood_auroc(test_pred.margin_std.numpy(), preds["ood"].margin_std.numpy())
-        )
+        # OOD detection by the responses' own std (the default) and by the margin std
+        row["ood_auroc"] = float(ood_auroc(test_pred, preds["ood"]))
+        row["ood_auroc_margin_std"] = float(ood_auroc(test_pred, preds["ood"], score="margin_std"))
         results.append(row)
 
     ceiling = gold_ceiling(test)
@@ -137,15 +133,22 @@ def main() -> None:
         f"{len(test)} test pairs (metrics on {2 * len(test)} swap-symmetrised), "
         f"{len(ood)} OOD pairs; gold ceiling {ceiling:.3f}"
     )
-    print("| method     | calibrator  | accuracy |    ECE |    NLL |  Brier | OOD AUROC |")
-    print("|------------|-------------|----------|--------|--------|--------|-----------|")
+    print(
+        "| method     | calibrator  | accuracy |    ECE |    NLL |  Brier "
+        "| OOD AUROC (responses' std / margin std) |"
+    )
+    print("|------------|-------------|----------|--------|--------|--------|" + "-" * 41 + "|")
     for row in results:
         for stage in ("before", *CALIBRATORS):
             m = row[stage]
-            auroc = f"{row['ood_auroc']:9.3f}" if stage == "before" else " " * 9
+            auroc = (
+                f"{row['ood_auroc']:.3f} / {row['ood_auroc_margin_std']:.3f}"
+                if stage == "before"
+                else ""
+            )
             print(
                 f"| {row['method']:<10} | {stage:<11} | {m['accuracy']:8.3f} | {m['ece']:.4f} "
-                f"| {m['nll']:.4f} | {m['brier']:.4f} | {auroc} |"
+                f"| {m['nll']:.4f} | {m['brier']:.4f} | {auroc:<39} |"
             )
     for row in results:
         if row["method"] in ("heads", "laplace"):
@@ -177,12 +180,10 @@ def main() -> None:
         first = next(iter(predictions))
         test_pred = predictions[first]["test"]
         calibrator = make_calibrator("temperature").fit(predictions[first]["cal"])
-        y, before = swap_symmetrized(test_pred.prob.numpy())
-        _, after = swap_symmetrized(calibrator.predict_proba(test_pred))
         plot_calibration_comparison(
-            y,
-            before,
-            after,
+            None,
+            test_pred,
+            calibrator.calibrate(test_pred),
             labels=(f"{first}: before", f"{first}: temperature"),
             save_path=out / "bench_calibration_reliability.png",
         )

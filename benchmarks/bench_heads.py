@@ -56,10 +56,14 @@ def main() -> None:
     data = load_builtin_preferences(args.batch, seed=0)
     prompts, responses = data.prompts, data.chosen
 
+    fit_data = data.select(range(min(16, len(data))))
+
     def build(k: int) -> auq.RewardModel:
-        return auq.RewardModel.from_backbone(
+        """A reward model with fitted heads (one quick epoch: timing does not need more)."""
+        model = auq.RewardModel.from_backbone(
             backbone, n_members=k, hidden_size=args.hidden_size, dtype=dtype, device=device
         )
+        return model.fit(fit_data, epochs=1, progress=False)
 
     one = build(1)
     ensemble = build(args.members)
@@ -68,7 +72,7 @@ def main() -> None:
     head = ensemble.head
 
     def looped_heads():
-        phi = one.backbone.encode(one._tokenize(prompts, responses))
+        phi = one.backbone.encode(one.backbone.tokenize(prompts, responses))
         x = head.standardize_features(phi)
         if head.w_in is None:
             rows = [x @ head.w_out[k] + head.b_out[k] for k in range(head.n_members)]

@@ -9,7 +9,7 @@ import pytest
 
 import auq
 from auq.cli import main
-from auq.cli.calibrate import load_preference_data, swap_symmetrized
+from auq.cli.inputs import load_preference_data
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_cli_calibrate_writes_report_plots_and_calibrator(saved_model, tmp_path)
     report = json.loads((out / "report.json").read_text())
     assert report["n_calibration"] + report["n_evaluation"] == 60
     for stage in ("before", "after"):
-        assert {"ece", "nll", "brier", "accuracy"} <= set(report[stage])
+        assert {"ece", "nll", "brier", "accuracy", "symmetrized"} <= set(report[stage])
     assert (out / "reliability_before_after.png").stat().st_size > 1000
     assert (saved_model / "calibrator.json").is_file()
     assert type(auq.RewardModel.from_pretrained(saved_model).calibrator_).__name__ == "PlattScaler"
@@ -69,13 +69,25 @@ def test_cli_calibrate_rejects_unknown_method(saved_model, tmp_path, capsys):
 
 def test_data_sources():
     assert len(load_preference_data("builtin:30")) == 30
-    with pytest.raises(FileNotFoundError, match="data file 'nope.jsonl' not found"):
+    with pytest.raises(FileNotFoundError, match="DATA: data file 'nope.jsonl' not found"):
         load_preference_data("nope.jsonl")
-    with pytest.raises(ValueError, match="unknown data source 'builtin-x:3'; valid: builtin"):
+    with pytest.raises(FileNotFoundError, match="data file 'builtin-x:3' not found; .* builtin"):
         load_preference_data("builtin-x:3")
 
 
-def test_swap_symmetrized():
-    y, p = swap_symmetrized(np.array([0.9, 0.2]))
-    np.testing.assert_allclose(y, [1, 1, 0, 0])
-    np.testing.assert_allclose(p, [0.9, 0.2, 0.1, 0.8])
+def test_cli_report_is_swap_symmetrised_by_the_metrics(saved_model, tmp_path):
+    """The report equals calibration_report on the model's own predictions, symmetrised."""
+    out = tmp_path / "report"
+    assert main(["calibrate", str(saved_model), "builtin:60", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    data = load_preference_data("builtin:60")
+    _, eval_set = data.split(test_size=0.5, seed=0)
+    rm = auq.RewardModel.from_pretrained(saved_model)
+    pred = rm.predict(eval_set, calibrated=False)
+    expected = auq.metrics.calibration_report(
+        np.ones(len(eval_set)), pred.prob.numpy(), uncertainty=pred.margin_std.numpy()
+    )
+    assert expected["symmetrized"] is True and report["before"]["symmetrized"] is True
+    for key in ("n", "accuracy", "ece", "brier", "aurc"):
+        assert report["before"][key] == pytest.approx(expected[key], rel=1e-5), key
+    assert report["before"]["nll"] == pytest.approx(expected["nll"], rel=1e-4)

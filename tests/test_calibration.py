@@ -11,10 +11,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.base import clone
 
 from auq.calibration import (
     CALIBRATORS,
     BetaCalibrator,
+    ConformalInterval,
+    ConformalPreference,
     IsotonicCalibrator,
     NotFittedError,
     PlattScaler,
@@ -174,9 +177,9 @@ def test_accepts_torch_and_preference_prediction():
     # a PreferencePrediction: labels default to 1, margins oriented chosen − rejected
     oriented = torch.tensor(m * (2 * y - 1))
     pp = PreferencePrediction.from_margin_samples(oriented[None, :].repeat(3, 1))
-    by_logit = TemperatureScaler().fit(pp)
+    by_logit = TemperatureScaler().fit(pp)  # pred.logit: float64, equal to Δ for equal draws
     by_mean = TemperatureScaler(source="margin_mean").fit(pp)
-    assert by_logit.temperature_ == pytest.approx(ref.temperature_, rel=1e-4)
+    assert by_logit.temperature_ == pytest.approx(ref.temperature_, rel=1e-6)
     assert by_mean.temperature_ == pytest.approx(ref.temperature_, rel=1e-6)
     assert by_mean.predict_proba(pp).shape == (2000,)
 
@@ -197,7 +200,7 @@ def test_accepts_torch_and_preference_prediction():
 def test_state_round_trip_gives_identical_predictions(factory):
     true, y = bradley_terry(1000, seed=8)
     cal = factory().fit(1.8 * true, y)
-    state = json.loads(json.dumps(cal.get_state()))  # JSON-able, no pickle
+    state = json.loads(json.dumps(cal.get_state(), allow_nan=False))  # strict JSON, no pickle
     restored = calibrator_from_state(state)
     assert type(restored) is type(cal)
     grid = np.linspace(-12, 12, 101)
@@ -281,8 +284,170 @@ def test_spread_scaler_rescales_rewards_consistently():
     np.testing.assert_allclose(
         (out.chosen.samples - out.rejected.samples).numpy(), out.margin_samples.numpy(), atol=1e-12
     )
-    restored = calibrator_from_state(json.loads(json.dumps(cal.get_state())))
+    restored = calibrator_from_state(json.loads(json.dumps(cal.get_state(), allow_nan=False)))
     np.testing.assert_array_equal(restored.predict_proba(pp), cal.predict_proba(pp))
+
+
+# -- float64 precision: g(−Δ) = 1 − g(Δ) to 1e-9 for |Δ| ≤ 50 ----------------------------------
+PRECISION_GRID = np.linspace(-50.0, 50.0, 201)
+
+
+def _fitted_every_way():
+    """Every calibrator (both variants of each), fitted on the same pairs."""
+    true, y = bradley_terry(3000, seed=11)
+    m = 1.5 * true
+    cals = {f"{n}": make_calibrator(n).fit(m, y) for n in NAMES}
+    pp = PreferencePrediction.from_margin_samples(torch.tensor(m * (2 * y - 1))[None].repeat(3, 1))
+    cals["spread"] = SpreadScaler(fit_temperature=True).fit(pp)
+    return cals
+
+
+@pytest.fixture(scope="module")
+def every_calibrator():
+    return _fitted_every_way()
+
+
+@pytest.mark.parametrize("name", [*NAMES, "spread"])
+def test_swap_symmetry_to_1e9_up_to_50_from_predictions(every_calibrator, name):
+    # float32 draws; the prediction's float64 logit is what the calibrator reads (a float32
+    # probability would round to 1 beyond |Δ| ≈ 17 and break the symmetry)
+    cal = every_calibrator[name]
+    draws = (
+        torch.tensor(PRECISION_GRID, dtype=torch.float32) + torch.linspace(-0.5, 0.5, 4)[:, None]
+    )
+    pos = PreferencePrediction.from_margin_samples(draws)
+    neg = PreferencePrediction.from_margin_samples(-draws)
+    p_pos, p_neg = cal.predict_proba(pos), cal.predict_proba(neg)
+    assert p_pos.dtype == np.float64
+    assert np.max(np.abs(p_neg - (1 - p_pos))) <= 1e-9
+    assert np.max(np.abs(cal.predict_logit(neg) + cal.predict_logit(pos))) <= 1e-9 * 50
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_swap_symmetry_to_1e9_up_to_50_from_margins(every_calibrator, name):
+    cal = every_calibrator[name]
+    for margins in (PRECISION_GRID, torch.tensor(PRECISION_GRID, dtype=torch.float32)):
+        p = cal.predict_proba(margins)
+        assert np.max(np.abs(cal.predict_proba(-margins) - (1 - p))) <= 1e-9
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_calibrate_returns_a_named_calibrated_prediction(every_calibrator, name):
+    cal = every_calibrator[name]
+    pp = PreferencePrediction.from_margin_samples(
+        torch.randn(3, 20, generator=torch.Generator().manual_seed(0))
+    )
+    out = cal.calibrate(pp)
+    assert isinstance(out, PreferencePrediction) and out.calibrator == name
+    np.testing.assert_array_equal(out.logit.numpy(), cal.predict_logit(pp))
+    np.testing.assert_allclose(out.prob.numpy(), cal.predict_proba(pp), atol=1e-15)
+    assert torch.equal(out.total, pp.total)
+
+
+def test_spread_scaler_refuses_an_already_calibrated_prediction(every_calibrator):
+    pp = PreferencePrediction.from_margin_samples(torch.randn(3, 20))
+    calibrated = every_calibrator["temperature"].calibrate(pp)
+    with pytest.raises(ValueError, match="pred was already calibrated by 'temperature'"):
+        SpreadScaler().fit(calibrated)
+    assert every_calibrator["spread"].transform(pp).calibrator == "spread"
+
+
+# -- scikit-learn manners and the one state path ---------------------------------------------------
+ESTIMATORS = [
+    TemperatureScaler(source="margin_mean"),
+    PlattScaler(symmetric=False),
+    IsotonicCalibrator(),
+    BetaCalibrator(symmetric=False),
+    SpreadScaler(fit_temperature=True, mode="samples"),
+    ConformalInterval(alpha=0.2),
+    ConformalPreference(alpha=0.05, source="margin_mean"),
+]
+
+
+@pytest.mark.parametrize("est", ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_get_params_set_params_and_clone(est):
+    params = est.get_params()
+    twin = clone(est)
+    assert type(twin) is type(est) and twin.get_params() == params and twin is not est
+    assert not twin.__sklearn_is_fitted__()
+    key = next(iter(params))
+    with pytest.raises(ValueError, match=key):
+        clone(est).set_params(**{key: "nonsense"})
+    assert clone(est).set_params(**{key: params[key]}).get_params() == params
+
+
+def _fit(est):
+    true, y = bradley_terry(400, seed=12)
+    if isinstance(est, SpreadScaler):
+        pp = PreferencePrediction.from_margin_samples(
+            torch.tensor(true)[None] + torch.randn(4, 400)
+        )
+        return clone(est).fit(pp, y)
+    if isinstance(est, ConformalInterval):
+        return clone(est).fit(true, true + np.random.default_rng(0).normal(size=400))
+    return clone(est).fit(true, y)
+
+
+@pytest.mark.parametrize("est", ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_every_state_is_strict_json_and_dispatches(est):
+    fitted = _fit(est)
+    state = json.loads(json.dumps(fitted.get_state(), allow_nan=False))
+    assert state["class"] == type(est).__name__ and state["version"] == 1
+    restored = calibrator_from_state(state)
+    assert type(restored) is type(est) and restored.get_params() == fitted.get_params()
+    for name in type(est)._fitted:
+        np.testing.assert_array_equal(getattr(restored, name), getattr(fitted, name))
+
+
+@pytest.mark.parametrize("est", ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_reprs_are_concise(est):
+    text = repr(_fit(est))
+    assert text.startswith(type(est).__name__ + "(") and len(text) < 160 and "\n" not in text
+    assert "n_pairs_=" in text or "n_calibration_=" in text
+
+
+def test_conformal_repr_shows_alpha_quantile_and_n():
+    text = repr(_fit(ConformalInterval(alpha=0.2)))
+    assert text.startswith("ConformalInterval(alpha=0.2, quantile_=")
+    assert "n_calibration_=400" in text
+    assert repr(ConformalPreference()) == "ConformalPreference(alpha=0.1, source='logit')"
+
+
+def test_state_with_unknown_option_rejected():
+    state = _fit(SpreadScaler()).get_state()
+    state["params"]["n_points"] = 32  # an option SpreadScaler no longer has
+    with pytest.raises(
+        ValueError, match=r"state\['params'\] has unknown option\(s\) 'n_points' for SpreadScaler"
+    ):
+        calibrator_from_state(state)
+
+
+def test_state_missing_a_fitted_value_rejected():
+    state = _fit(TemperatureScaler()).get_state()
+    del state["fitted"]["temperature_"]
+    with pytest.raises(
+        ValueError, match=r"state\['fitted'\] lacks 'temperature_' for TemperatureScaler"
+    ):
+        calibrator_from_state(state)
+
+
+def test_state_from_a_newer_version_rejected():
+    state = _fit(PlattScaler()).get_state()
+    state["version"] = 99
+    with pytest.raises(ValueError, match="state version 99 is newer than this auq supports"):
+        calibrator_from_state(state)
+
+
+def test_state_of_an_unfitted_calibrator_rejected():
+    with pytest.raises(
+        NotFittedError, match=r"This BetaCalibrator is not fitted yet; call fit\(margins, labels\)"
+    ):
+        BetaCalibrator().get_state()
+
+
+def test_bad_symmetric_option_rejected():
+    with pytest.raises(ValueError, match="symmetric must be True or False, got 'yes'"):
+        PlattScaler(symmetric="yes")
 
 
 # -- bad input: one test per failure mode ------------------------------------------------
@@ -338,6 +503,11 @@ def test_bad_source_rejected():
 def test_spread_scaler_needs_a_prediction():
     with pytest.raises(ValueError, match="pred must be a PreferencePrediction, got ndarray"):
         SpreadScaler().fit(np.ones(5))
+
+
+def test_calibrate_needs_a_prediction(every_calibrator):
+    with pytest.raises(TypeError, match="calibrate takes a PreferencePrediction, got ndarray"):
+        every_calibrator["platt"].calibrate(np.ones(5))
 
 
 def test_bad_state_rejected():

@@ -145,11 +145,24 @@ def test_state_round_trip(cls):
     rng = np.random.default_rng(6)
     m = rng.normal(size=100)
     est = cls(alpha=0.1).fit(m, rng.normal(size=100) if cls is ConformalInterval else None)
-    restored = cls.from_state(json.loads(json.dumps(est.get_state())))
+    restored = cls.from_state(json.loads(json.dumps(est.get_state(), allow_nan=False)))
     if cls is ConformalInterval:
         np.testing.assert_array_equal(restored.predict_interval(m), est.predict_interval(m))
     else:
         np.testing.assert_array_equal(restored.predict(m), est.predict(m))
+
+
+def test_preference_rule_reads_the_float64_logit():
+    # margins up to ±50 in float32 draws: the rule sees pred.logit, exactly odd in Δ
+    rng = np.random.default_rng(7)
+    true = rng.normal(0, 2, 300)
+    y = (rng.uniform(size=300) < sigmoid(true)).astype(float)
+    rule = ConformalPreference(alpha=0.1).fit(true, y)
+    draws = torch.linspace(-50, 50, 201)[None] + torch.tensor([[-0.3], [0.3]])
+    pos = PreferencePrediction.from_margin_samples(draws)
+    neg = PreferencePrediction.from_margin_samples(-draws)
+    np.testing.assert_array_equal(rule.predict(neg), -rule.predict(pos))
+    np.testing.assert_array_equal(rule.predict(pos), rule.predict(pos.logit.numpy()))
 
 
 # -- bad input -----------------------------------------------------------------------------
@@ -161,6 +174,11 @@ def test_too_few_calibration_points_rejected():
 def test_alpha_out_of_range_rejected():
     with pytest.raises(ValueError, match=r"alpha must be a number in \(0, 1\), got 1.5"):
         ConformalInterval(alpha=1.5)
+
+
+def test_alpha_of_the_wrong_type_rejected():
+    with pytest.raises(ValueError, match=r"alpha must be a number in \(0, 1\), got '0.1'"):
+        ConformalPreference(alpha="0.1")
 
 
 def test_non_positive_scale_rejected():

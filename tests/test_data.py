@@ -14,6 +14,7 @@ import torch
 from auq.data import (
     PreferenceDataError,
     PreferenceDataset,
+    as_preference_dataset,
     render_conversation,
     render_pair_texts,
     symmetrize,
@@ -101,14 +102,14 @@ def test_jsonl_blank_lines_ignored_and_conversational(tmp_path):
 def test_jsonl_invalid_json_names_line(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n\n{not json\n")
-    with raises(r"row 1: line 3: invalid JSON"):
+    with raises(r"row 1 \(.*broken\.jsonl, line 3\): invalid JSON \(Expecting property name"):
         PreferenceDataset.from_jsonl(path)
 
 
 def test_jsonl_non_object_line(tmp_path):
     path = tmp_path / "list.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n[1, 2]\n")
-    with raises(r"row 1: line 2: expected a JSON object, got list"):
+    with raises(r"row 1 \(.*list\.jsonl, line 2\): expected a JSON object, got list"):
         PreferenceDataset.from_jsonl(path)
 
 
@@ -165,8 +166,8 @@ def test_missing_required_column_in_one_row():
 
 def test_missing_column_in_dataframe():
     pd = pytest.importorskip("pandas")
-    with raises(r"missing required column 'prompt'; columns present: 'chosen', 'rejected'"):
-        PreferenceDataset.from_pandas(pd.DataFrame({"chosen": ["a"], "rejected": ["b"]}))
+    with raises(r"missing required column 'prompt', 'rejected'; columns present: 'chosen'"):
+        PreferenceDataset.from_pandas(pd.DataFrame({"chosen": ["a"]}))
 
 
 def test_empty_text():
@@ -217,8 +218,22 @@ def test_non_finite_margin():
 
 
 def test_non_numeric_weight():
-    with raises(r"row 0, field 'weight': not a number \(got str\)"):
-        PreferenceDataset.from_records(bad(i=0, weight="1.0"))
+    with raises(r"row 0, field 'weight': not a number \(got str 'heavy'\)"):
+        PreferenceDataset.from_records(bad(i=0, weight="heavy"))
+    with raises(r"row 2, field 'weight': not a number \(got list\)"):
+        PreferenceDataset.from_records(bad(i=2, weight=[1.0]))
+    with raises(r"row 4, field 'margin': not a number \(got bool\)"):
+        PreferenceDataset.from_records(bad(i=4, margin=True))
+
+
+def test_numeric_strings_are_parsed():
+    # a CSV column, or an Arrow column with one bad value, holds text in every row
+    ds = PreferenceDataset.from_records(bad(i=0, weight=" 2.5 ", margin="-1e-1"))
+    assert ds.weight[0] == 2.5 and ds.margin[0] == -0.1
+    with raises(r"row 3, field 'margin': missing value \(empty text ''\)"):
+        PreferenceDataset.from_records(bad(margin=""))
+    with raises(r"row 3, field 'margin': non-finite value inf"):
+        PreferenceDataset.from_records(bad(margin="inf"))
 
 
 def test_missing_margin_value():
@@ -232,7 +247,7 @@ def test_negative_weight():
 
 
 def test_zero_rows():
-    with raises(r"dataset has 0 rows"):
+    with raises(r"no rows: a preference dataset needs at least one pair"):
         PreferenceDataset.from_records([])
 
 
@@ -271,6 +286,309 @@ def test_skip_all_rows_raises():
 def test_invalid_on_error_lists_choices():
     with pytest.raises(ValueError, match=r"on_error='ignore' .* valid choices: 'raise', 'skip'"):
         PreferenceDataset.from_records(ROWS, on_error="ignore")
+
+
+# -- JSONL files: encoding, missing files, where a row is ----------------------------------
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_jsonl_missing_file_names_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"preference data file not found: '.*nope\.jsonl'"):
+        PreferenceDataset.from_jsonl(tmp_path / "nope.jsonl")
+    with pytest.raises(IsADirectoryError, match=r"is a directory, not a JSONL file"):
+        PreferenceDataset.from_jsonl(tmp_path)
+
+
+def test_jsonl_not_utf8_names_file_line_and_offset(tmp_path):
+    path = tmp_path / "latin.jsonl"
+    first = json.dumps(ROWS[0]).encode() + b"\n"
+    second = b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n'
+    path.write_bytes(first + b"\n" + second)
+    offset = len(first) + 1 + second.index(b"\xe9")
+    msg = (
+        rf"latin\.jsonl, line 3: not valid UTF-8 \(byte 0xe9 at byte offset {offset} of the file\)"
+    )
+    for on_error in ("raise", "skip"):  # an encoding is not a bad row: never skipped
+        with raises(msg + r"; save the file as UTF-8 \(e\.g\. `iconv"):
+            PreferenceDataset.from_jsonl(path, on_error=on_error)
+
+
+def test_jsonl_byte_order_mark_names_line_1_and_the_fix(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode() + b"\n")
+    with raises(r"bom\.jsonl, line 1: the file starts with a UTF-8 byte-order mark \(BOM\).*"
+                r"save it as UTF-8 without a BOM \(e\.g\. `sed -i '1s/\^\\xEF\\xBB\\xBF//'"):  # fmt: skip
+        PreferenceDataset.from_jsonl(path)
+
+
+def test_jsonl_utf16_is_named(tmp_path):
+    path = tmp_path / "wide.jsonl"
+    path.write_bytes((json.dumps(ROWS[0]) + "\n").encode("utf-16"))
+    with raises(r"wide\.jsonl, line 1: the file is UTF-16 .* re-encode it"):
+        PreferenceDataset.from_jsonl(path)
+
+
+def test_jsonl_field_errors_name_row_and_line(tmp_path):
+    path = write_lines(
+        tmp_path / "p.jsonl", [json.dumps(ROWS[0]), "", json.dumps(ROWS[1] | {"chosen": ""})]
+    )
+    with raises(r"row 1 \(.*p\.jsonl, line 3\), field 'chosen': empty text"):
+        PreferenceDataset.from_jsonl(path)
+
+
+def test_jsonl_skip_names_the_line_of_the_first_skipped_row(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps(r) for r in ROWS[:3]] + ["[1]"])
+    with pytest.warns(UserWarning, match=r"skipped 1 of 4 rows .* first: row 3 \(.*line 4\)"):
+        ds = PreferenceDataset.from_jsonl(path, on_error="skip")
+    assert len(ds) == 3 and ds.skipped == [(3, None, "expected a JSON object, got list")]
+
+
+def test_jsonl_every_line_broken(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", ["{oops", "[]"])
+    with raises(r"row 0 \(.*line 1\): invalid JSON"):
+        PreferenceDataset.from_jsonl(path)
+
+
+# -- chat roles ----------------------------------------------------------------------------
+
+
+def test_unknown_role_lists_valid_roles():
+    msg = [{"role": "assistant", "content": "ok"}, {"role": "bot", "content": "Hello!"}]
+    with raises(r"row 0, field 'chosen': message 1 has unknown role 'bot'; valid roles: "
+                r"'system', 'user', 'assistant', 'tool'$"):  # fmt: skip
+        PreferenceDataset.from_records([CONV | {"chosen": msg}])
+
+
+def test_empty_role_is_refused():
+    msg = [{"role": " ", "content": "Hi?"}]
+    with raises(r"row 1, field 'prompt': message 0 has an empty role; valid roles: 'system'"):
+        PreferenceDataset.from_records([CONV, CONV | {"prompt": msg}])
+
+
+def test_tool_role_is_accepted_and_render_checks_roles():
+    tool = [*CONV["prompt"], {"role": "tool", "content": "42"}]
+    assert PreferenceDataset.from_records([CONV | {"prompt": tool}]).prompts == [tool]
+    with raises(r"messages: message 0 has unknown role 'human'"):
+        render_conversation([{"role": "human", "content": "hi"}])
+
+
+# -- an invalid optional value names its own row, on every loader ----------------------------
+
+
+def _load(loader, recs, tmp_path, on_error="raise"):
+    if loader == "records":
+        return PreferenceDataset.from_records(recs, on_error=on_error)
+    if loader == "dict":
+        return PreferenceDataset.from_dict(
+            {k: [r[k] for r in recs] for k in recs[0]}, on_error=on_error
+        )
+    if loader == "jsonl":
+        path = write_lines(tmp_path / "d.jsonl", [json.dumps(r) for r in recs])
+        return PreferenceDataset.from_jsonl(path, on_error=on_error)
+    if loader == "pandas":
+        pd = pytest.importorskip("pandas")
+        return PreferenceDataset.from_pandas(pd.DataFrame(recs), on_error=on_error)
+    datasets = pytest.importorskip("datasets")
+    column_types = {type(r["margin"]) for r in recs}
+    if str in column_types:  # Arrow holds one type per column: a text column, as from CSV
+        recs = [dict(r, margin=str(r["margin"])) for r in recs]
+    return PreferenceDataset.from_hf(datasets.Dataset.from_list(recs), on_error=on_error)
+
+
+LOADERS = ["records", "dict", "jsonl", "pandas", "hf"]
+BAD_VALUES = {
+    "text": ("margin", "oops", r"not a number \(got str 'oops'\)"),
+    "none": ("margin", None, r"missing value|non-finite value nan"),
+    "nan": ("margin", float("nan"), r"non-finite value nan"),
+    "negative": ("weight", -0.5, r"negative weight -0.5"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_VALUES)
+@pytest.mark.parametrize("loader", LOADERS)
+def test_bad_optional_value_names_its_row(loader, case, tmp_path):
+    field, value, reason = BAD_VALUES[case]
+    recs = bad(i=6, **{field: value})
+    with raises(rf"^row 6( \(.*line 7\))?, field '{field}': ({reason})"):
+        _load(loader, recs, tmp_path)
+    with pytest.warns(UserWarning, match=r"skipped 1 of 10 rows .* first: row 6") as caught:
+        ds = _load(loader, recs, tmp_path, on_error="skip")
+    assert len(ds) == 9 and [s[:2] for s in ds.skipped] == [(6, field)]
+    assert ds.column("gold") == [float(i) for i in range(10) if i != 6]
+    np.testing.assert_array_equal(ds.column(field), np.ones(9))
+    assert "skipped=1" in repr(ds)
+    assert {w.filename for w in caught} <= {__file__}  # the warning points at the caller
+
+
+def test_csv_numeric_column_with_one_bad_value():
+    pd = pytest.importorskip("pandas")
+    import io
+
+    text = pd.DataFrame(bad(i=4, margin="n/a")).to_csv(index=False)
+    df = pd.read_csv(io.StringIO(text), dtype={"margin": str}, keep_default_na=False)
+    assert all(isinstance(v, str) for v in df["margin"])  # every row holds text
+    with pytest.warns(UserWarning, match=r"skipped 1 of 10 .* row 4, field 'margin': not a number"):
+        ds = PreferenceDataset.from_pandas(df, on_error="skip")
+    assert len(ds) == 9 and ds.margin.dtype == np.float64 and (ds.margin == 1.0).all()
+
+
+def test_missing_text_in_a_dataframe():
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(rows())
+    df.loc[2, "chosen"] = None
+    with raises(r"row 2, field 'chosen': missing value \((nan|None)\)"):
+        PreferenceDataset.from_pandas(df)
+
+
+def test_from_pandas_of_a_hf_conversational_dataset():
+    datasets = pytest.importorskip("datasets")
+    df = datasets.Dataset.from_list([CONV]).to_pandas()  # message lists arrive as ndarrays
+    ds = PreferenceDataset.from_pandas(df)
+    assert ds.is_conversational and ds.prompts == [CONV["prompt"]]
+
+
+def test_from_dict_reads_columns_by_position():
+    pd = pytest.importorskip("pandas")
+    cols = {k: pd.Series([r[k] for r in ROWS], index=range(5, 15)) for k in ROWS[0]}
+    check_same(PreferenceDataset.from_dict(cols), ROWS)
+
+
+def test_from_dict_of_one_row_is_refused():
+    with raises(r"column 'prompt' must be a sequence of N values, got str; .* pass a list"):
+        PreferenceDataset.from_dict(ROWS[0])
+
+
+# -- TRL's implicit prompt -------------------------------------------------------------------
+
+IMPLICIT = [
+    {
+        "chosen": "Q: what colour is the sky? A: blue",
+        "rejected": "Q: what colour is the sky? A: green",
+    },
+    {"chosen": "Tell me a joke.Why did", "rejected": "Tell me a joke.No."},
+    {"chosen": "Say hi: hi", "rejected": "Say hi: hi there"},  # one is a prefix of the other
+]
+IMPLICIT_CONV = {
+    "chosen": [*CONV["prompt"], *CONV["chosen"]],
+    "rejected": [*CONV["prompt"], *CONV["rejected"]],
+}
+
+
+def test_implicit_prompt_matches_trl():
+    trl_data_utils = pytest.importorskip("trl.data_utils")
+    for row in [*IMPLICIT, IMPLICIT_CONV]:
+        expected = trl_data_utils.maybe_extract_prompt(dict(row))
+        ds = PreferenceDataset.from_records([row])
+        assert ds[0] == {k: expected[k] for k in ("prompt", "chosen", "rejected")}, row
+    assert PreferenceDataset.from_records(IMPLICIT)[0] == {
+        "prompt": "Q: what colour is the sky? A:", "chosen": " blue", "rejected": " green",
+    }  # fmt: skip
+    conv = PreferenceDataset.from_records([IMPLICIT_CONV])
+    assert conv.is_conversational and conv[0] == CONV
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_implicit_prompt_on_every_loader(loader, tmp_path):
+    recs = [dict(r, margin=1.0, gold=float(i)) for i, r in enumerate(IMPLICIT)]
+    ds = _load(loader, recs, tmp_path)
+    assert ds.columns == ["prompt", "chosen", "rejected", "margin", "gold"]
+    assert ds.prompts == ["Q: what colour is the sky? A:", "Tell me a joke.", "Say hi: h"]
+    assert ds.chosen == [" blue", "Why did", "i"] and ds.rejected == [" green", "No.", "i there"]
+
+
+def test_implicit_prompt_conversational_from_hf():
+    datasets = pytest.importorskip("datasets")
+    ds = PreferenceDataset.from_hf(datasets.Dataset.from_list([IMPLICIT_CONV]))
+    assert ds.to_records() == [CONV]
+
+
+def test_implicit_prompt_needs_a_shared_start():
+    recs = [IMPLICIT[0], {"chosen": "Sure, here it is.", "rejected": "No."}]
+    with raises(r"row 1, field 'prompt': there is no 'prompt' column and 'chosen' and "
+                r"'rejected' share no text to take it from; add a 'prompt' column"):  # fmt: skip
+        PreferenceDataset.from_records(recs)
+    with raises(r"row 0, field 'prompt': .* share no text"):  # whitespace only
+        PreferenceDataset.from_records([{"chosen": "  yes", "rejected": "  no"}])
+    with pytest.warns(UserWarning, match=r"skipped 1 of 2 rows"):
+        assert len(PreferenceDataset.from_records(recs, on_error="skip")) == 1
+
+
+def test_implicit_prompt_conversational_needs_shared_messages():
+    row = {"chosen": CONV["chosen"], "rejected": CONV["rejected"]}
+    with raises(r"row 0, field 'prompt': .* share no leading messages to take it from"):
+        PreferenceDataset.from_records([row])
+
+
+def test_plain_prompt_with_whole_conversations_hints_at_the_implicit_layout():
+    row = {"prompt": "Hi?", **IMPLICIT_CONV}
+    with raises(r"row 0, field 'chosen': mixes conversational and plain text within the row; "
+                r"if 'chosen' and 'rejected' already hold the whole conversation, drop the "
+                r"'prompt' column"):  # fmt: skip
+        PreferenceDataset.from_records([row])
+    assert PreferenceDataset.from_records([IMPLICIT_CONV])[0] == CONV
+
+
+def test_prompt_missing_in_one_row_only():
+    recs = rows()
+    del recs[4]["prompt"]
+    with raises(r"row 4, field 'prompt': missing required column 'prompt'"):
+        PreferenceDataset.from_records(recs)
+
+
+# -- as_preference_dataset -------------------------------------------------------------------
+
+
+def test_as_preference_dataset_accepts_every_input():
+    pd = pytest.importorskip("pandas")
+    datasets = pytest.importorskip("datasets")
+    ds = PreferenceDataset.from_records(ROWS)
+    assert as_preference_dataset(ds) is ds
+    columns = {k: [r[k] for r in ROWS] for k in ROWS[0]}
+    for value in (ROWS, tuple(ROWS), columns, pd.DataFrame(ROWS), datasets.Dataset.from_list(ROWS)):
+        check_same(as_preference_dataset(value), ROWS)
+    iterable = datasets.Dataset.from_list(ROWS).to_iterable_dataset()
+    check_same(as_preference_dataset(iterable), ROWS)
+
+
+def test_as_preference_dataset_refuses_a_dataset_dict():
+    datasets = pytest.importorskip("datasets")
+    dd = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS)}
+    )
+    with pytest.raises(TypeError, match=r"eval_dataset: got a DatasetDict with splits \['train', "
+                       r"'test'\]; pass one split, e.g. eval_dataset=data\['train'\]"):  # fmt: skip
+        as_preference_dataset(dd, name="eval_dataset")
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [
+        ("prefs.jsonl", "str"),
+        (iter(ROWS), "list_iterator"),
+        (np.zeros(3), "numpy.ndarray"),
+        (["a", "b"], "a list of str"),
+        (None, "NoneType"),
+    ],
+)
+def test_as_preference_dataset_refuses_other_types(value, got):
+    with pytest.raises(TypeError, match=rf"^train_dataset: expected an auq\.PreferenceDataset, a "
+                       rf"datasets\.Dataset, a pandas\.DataFrame, a list of row dicts or a dict of "
+                       rf"columns; got {got}$"):  # fmt: skip
+        as_preference_dataset(value, name="train_dataset")
+
+
+def test_as_preference_dataset_names_the_argument_in_row_errors():
+    with raises(r"^eval_dataset: row 3, field 'chosen': empty text$"):
+        as_preference_dataset(bad(chosen=""), name="eval_dataset")
+    with pytest.warns(UserWarning, match=r"skipped 1 of 10") as caught:
+        ds = as_preference_dataset(bad(chosen=""), on_error="skip")
+    assert len(ds) == 9 and {w.filename for w in caught} == {__file__}
+    with pytest.raises(ValueError, match=r"on_error='drop' is not supported; valid choices"):
+        as_preference_dataset(ds, on_error="drop")
 
 
 # -- indexing, split, concat -------------------------------------------------------------

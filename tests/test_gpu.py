@@ -17,7 +17,7 @@ METHODS = {
     "laplace": {},
     "lora": {"n_members": 3, "member_options": {"r": 2}},
     "partial": {"n_members": 3, "member_options": {"n_top_layers": 1}},
-    "mc_dropout": {"n_members": 4, "member_options": {"rate": 0.0}},
+    "mc_dropout": {"n_passes": 4, "member_options": {"rate": 0.0}},
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from auq import metrics as M
+from auq import types as M_types
 
 torchmetrics = pytest.importorskip("torchmetrics")
 
@@ -167,23 +169,129 @@ def test_preference_bound_calibration_error():
     assert out["euce"] == 0.0 and out["muce"] == 0.0
 
 
+REPORT_KEYS = {
+    "n", "symmetrized", "accuracy", "ece", "ece_top_label", "mce", "ace", "brier", "nll",
+}  # fmt: skip
+
+
 def test_calibration_report():
     y, p = miscalibrated(2000, 5)
     unc = -np.abs(p - 0.5)
     rng = np.random.default_rng(6)
     report = M.calibration_report(y, p, unc, ood_uncertainty=rng.uniform(-0.1, 0, 100))
-    assert set(report) == {
-        "n", "accuracy", "ece", "ece_top_label", "mce", "ace", "brier", "nll",
-        "error_auroc", "error_aupr", "aurc", "ood_auroc", "ood_aupr",
+    assert set(report) == REPORT_KEYS | {
+        "uncertainty_score", "error_auroc", "error_aupr", "aurc", "ood_auroc", "ood_aupr",
     }  # fmt: skip
-    assert all(isinstance(v, float) for v in report.values())
+    assert report["n"] == 2000 and report["symmetrized"] is False  # two classes: as given
+    assert report["uncertainty_score"] is None  # a plain array has no name
     assert report["ece"] == M.expected_calibration_error(y, p)
+    assert report["accuracy"] == M.accuracy(y, p)
     assert report["error_auroc"] > 0.6  # confidence does rank errors here
+    assert set(M.calibration_report(y, p)) == REPORT_KEYS
+    json.dumps(report, allow_nan=False)
+
+
+def test_report_without_errors_to_rank_is_strict_json():
     all_right = M.calibration_report([1, 0], [0.9, 0.2], [0.1, 0.2])
-    assert math.isnan(all_right["error_auroc"]) and all_right["aurc"] == 0.0
-    assert set(M.calibration_report(y, p)) == {
-        "n", "accuracy", "ece", "ece_top_label", "mce", "ace", "brier", "nll",
-    }  # fmt: skip
+    assert all_right["error_auroc"] is None and all_right["error_aupr"] is None
+    assert all_right["aurc"] == 0.0
+    json.dumps(all_right, allow_nan=False)
+
+
+def test_report_symmetrises_one_class_labels():
+    _, p = miscalibrated(1000, 8)
+    report = M.calibration_report(np.ones(1000), p)
+    assert report["symmetrized"] is True and report["n"] == 1000
+    p2, y2 = M.symmetrize_probabilities(p)
+    assert report["ece"] == M.expected_calibration_error(y2, p2)
+    assert report["brier"] == M.brier_score(y2, p2)
+    assert report["nll"] == M.negative_log_likelihood(y2, p2)
+    assert report["accuracy"] == M.accuracy(np.ones(1000), p)  # on the pairs as given
+    forced = M.calibration_report(*miscalibrated(500, 9), symmetrize=True)
+    assert forced["symmetrized"] is True
+
+
+def test_report_refuses_one_class_labels_without_symmetrisation():
+    with pytest.raises(
+        ValueError, match=r"y_true holds one class only \(every label is 1\), so ECE"
+    ):
+        M.calibration_report(np.ones(10), np.full(10, 0.7), symmetrize=False)
+
+
+def test_report_rejects_a_bad_symmetrize_option():
+    with pytest.raises(
+        ValueError, match="symmetrize='yes' is not supported; valid choices: 'auto', True"
+    ):
+        M.calibration_report([0, 1], [0.2, 0.8], symmetrize="yes")
+
+
+def _prediction(n: int, seed: int, shift: float = 0.0, scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    rc = M_types.RewardPrediction.from_samples(
+        torch.randn(6, n, generator=g, dtype=torch.float64) * scale + 1.0 + shift
+    )
+    rr = M_types.RewardPrediction.from_samples(
+        torch.randn(6, n, generator=g, dtype=torch.float64) * scale
+    )
+    return M_types.PreferencePrediction.from_margin_samples(
+        rc.samples - rr.samples, chosen=rc, rejected=rr
+    )
+
+
+def test_report_takes_a_prediction_and_score_names():
+    pp = _prediction(400, 0)
+    report = M.calibration_report(None, pp, "epistemic")
+    assert report["symmetrized"] is True and report["calibrator"] is None  # chosen wins
+    assert report["uncertainty_score"] == "epistemic"
+    logit = pp.logit.numpy()
+    assert report["nll"] == pytest.approx(
+        M.negative_log_likelihood_from_logits(
+            np.r_[np.ones(400), np.zeros(400)], np.r_[logit, -logit]
+        ),
+        rel=1e-12,
+    )
+    assert report["accuracy"] == pp.accuracy()
+    assert report["error_auroc"] == M.error_detection_auroc((~pp.correct).double(), pp.epistemic)
+    json.dumps(report, allow_nan=False)
+
+
+def test_report_ood_defaults_to_response_std():
+    pp, ood = _prediction(300, 1), _prediction(200, 2, scale=3.0)
+    report = M.calibration_report(None, pp, ood_uncertainty=ood)
+    assert report["uncertainty_score"] == "response_std"
+    assert report["ood_auroc"] == M.ood_auroc(pp, ood)  # score defaults to response_std
+    assert report["ood_auroc"] > 0.9  # wider members are plainly out of distribution
+    margin = M.calibration_report(None, pp, "margin_std", ood_uncertainty=ood)
+    assert margin["ood_auroc"] == M.ood_auroc(pp, ood, score="margin_std")
+
+
+def test_report_names_the_calibrator():
+    pp = _prediction(50, 3)
+    cal = pp.calibrated(pp.logit.numpy() / 2, "temperature")
+    report = M.calibration_report(None, cal)
+    assert report["calibrator"] == "temperature"
+    p2, y2 = M.symmetrize_probabilities(cal.prob.numpy())
+    assert report["ece"] == pytest.approx(M.expected_calibration_error(y2, p2), abs=1e-12)
+
+
+def test_symmetrize_probabilities():
+    p, y = M.symmetrize_probabilities([0.9, 0.2], [1, 0])
+    np.testing.assert_allclose(p, [0.9, 0.2, 0.1, 0.8])
+    np.testing.assert_array_equal(y, [1, 0, 0, 1])
+    pp = M_types.PreferencePrediction.from_margin_samples(torch.full((2, 1), 40.0))
+    p, y = M.symmetrize_probabilities(pp)  # σ(−40) ≈ 4e-18 is kept, not rounded to 1 − 1 = 0
+    assert p[1] == pytest.approx(math.exp(-40), rel=1e-9) and y.tolist() == [1.0, 0.0]
+
+
+def test_detection_metrics_take_predictions_and_a_score():
+    pp, ood = _prediction(100, 4), _prediction(80, 5, scale=2.0)
+    assert M.ood_auroc(pp, ood) == M.ood_auroc(pp.response_std, ood.response_std)
+    assert M.ood_aupr(pp, ood, score="total") == M.ood_aupr(pp.total, ood.total)
+    errors = (~pp.correct).double()
+    assert M.error_detection_aupr(errors, pp, score="total") == M.error_detection_aupr(
+        errors, pp.total
+    )
+    assert M.aurc(errors, pp, score="margin_std") == M.aurc(errors, pp.margin_std)
 
 
 def test_torch_and_numpy_inputs_agree():
@@ -246,3 +354,41 @@ def test_crossed_intervals_rejected():
 def test_ood_without_in_distribution_scores_rejected():
     with pytest.raises(ValueError, match="ood_uncertainty needs uncertainty"):
         M.calibration_report([0, 1], [0.2, 0.8], ood_uncertainty=[0.1])
+
+
+def test_score_with_arrays_rejected():
+    with pytest.raises(
+        ValueError,
+        match="score='total' names a score of a PreferencePrediction, but in_uncertainty is an array",
+    ):
+        M.ood_auroc([0.1, 0.2], [0.3], score="total")
+
+
+def test_score_name_with_array_probabilities_rejected():
+    with pytest.raises(
+        ValueError,
+        match="uncertainty='epistemic' names a score of a PreferencePrediction, but y_prob is an array",
+    ):
+        M.calibration_report([0, 1], [0.2, 0.8], "epistemic")
+
+
+def test_labels_required_with_array_probabilities():
+    with pytest.raises(
+        ValueError, match="y_true is required unless y_prob is a PreferencePrediction"
+    ):
+        M.calibration_report(None, [0.2, 0.8])
+
+
+def test_ood_prediction_needs_a_named_score():
+    pp = _prediction(20, 6)
+    with pytest.raises(
+        ValueError, match="ood_uncertainty is a PreferencePrediction, so name its score"
+    ):
+        M.calibration_report(None, pp, np.ones(20), ood_uncertainty=pp)
+
+
+def test_bad_score_name_rejected():
+    with pytest.raises(
+        ValueError, match="score='std' is not supported; valid choices: 'response_std'"
+    ):
+        M.calibration_report(None, _prediction(20, 7), "std")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+import torch
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
@@ -17,6 +21,7 @@ from auq.plotting import (  # noqa: E402
     plot_risk_coverage,
     plot_uncertainty_histograms,
 )
+from auq.types import PreferencePrediction, RewardPrediction  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -92,3 +97,73 @@ def test_uncertainty_histograms(tmp_path):
 def test_plot_inputs_are_validated():
     with pytest.raises(ValueError, match="y_prob must contain probabilities"):
         plot_reliability_diagram([0, 1], [0.5, 2.0])
+
+
+def _prediction(n: int, seed: int, scale: float = 1.0) -> PreferencePrediction:
+    g = torch.Generator().manual_seed(seed)
+    rc = RewardPrediction.from_samples(torch.randn(6, n, generator=g) * scale + 1.0)
+    rr = RewardPrediction.from_samples(torch.randn(6, n, generator=g) * scale)
+    return PreferencePrediction.from_margin_samples(
+        rc.samples - rr.samples, chosen=rc, rejected=rr, method="heads"
+    )
+
+
+def test_reliability_display_takes_a_prediction_and_symmetrises(tmp_path):
+    pp = _prediction(500, 0)
+    disp = ReliabilityDisplay.from_predictions(None, pp, save_path=tmp_path / "pp.png")
+    assert disp.symmetrized and disp.curve.counts.sum() == 1000  # each pair also swapped
+    assert "swap-symmetrised" in disp.ax_.get_title()
+    assert disp.ax_.get_legend().get_texts()[0].get_text().startswith("heads (ECE = ")
+    assert _is_png(tmp_path / "pp.png")
+
+
+def test_reliability_diagram_refuses_one_class_labels_without_symmetrisation():
+    with pytest.raises(ValueError, match=r"y_true holds one class only \(every label is 1\)"):
+        plot_reliability_diagram(None, _prediction(50, 1), symmetrize=False)
+
+
+def test_calibration_comparison_with_predictions():
+    pp = _prediction(400, 2)
+    after = pp.calibrated(pp.logit.numpy() * 0.5, "temperature")
+    fig = plot_calibration_comparison(None, pp, after)
+    assert "swap-symmetrised" in fig.axes[0].get_title()
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[0].startswith("before (ECE") and labels[1].startswith("after (ECE")
+
+
+def test_risk_coverage_names_its_score():
+    pp = _prediction(300, 3)
+    fig = plot_risk_coverage(pp)
+    ax = fig.axes[0]
+    assert "response_std" in ax.get_xlabel() and "response_std" in ax.get_title()
+    fig = plot_risk_coverage(pp, score="total")
+    assert "ranked by total" in fig.axes[0].get_title()
+    assert fig.axes[0].get_legend().get_texts()[0].get_text().startswith("heads (AURC")
+
+
+def test_uncertainty_histograms_name_their_score():
+    fig = plot_uncertainty_histograms(_prediction(300, 4), _prediction(200, 5, scale=3.0))
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "response_std" and ax.get_title().startswith(
+        "response_std (OOD AUROC"
+    )
+    fig = plot_uncertainty_histograms(_prediction(30, 6), _prediction(20, 7), score="epistemic")
+    assert fig.axes[0].get_xlabel() == "epistemic"
+
+
+def test_score_with_array_uncertainties_rejected():
+    with pytest.raises(ValueError, match="score='total' names a score of a PreferencePrediction"):
+        plot_uncertainty_histograms(np.ones(3), np.zeros(3), score="total")
+
+
+def test_risk_coverage_needs_an_uncertainty_for_arrays():
+    with pytest.raises(
+        ValueError, match="uncertainty is required unless losses is a PreferencePrediction"
+    ):
+        plot_risk_coverage(np.zeros(3))
+
+
+def test_importing_plotting_does_not_load_matplotlib():
+    code = "import sys, auq.plotting; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

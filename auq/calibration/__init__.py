@@ -14,18 +14,25 @@ calibrated probability, scikit-learn style::
 :class:`SpreadScaler`       rescales the spread of a ``PreferencePrediction``
 ==========================  ======================================================
 
-All are fitted on swap-symmetrised pairs, predict ``g(−Δ) = 1 − g(Δ)``, accept
-NumPy arrays, torch tensors or a :class:`~auq.types.PreferencePrediction`
-(labels then default to 1, "chosen wins") and return NumPy arrays. Their
-fitted state is a JSON-able dict (``get_state`` / ``from_state``, no pickle);
-:func:`calibrator_from_state` restores any of them.
+All are fitted on swap-symmetrised pairs, predict ``g(−Δ) = 1 − g(Δ)`` (to
+round-off, in float64, for any margin), accept NumPy arrays, torch tensors or a
+:class:`~auq.types.PreferencePrediction` (whose float64 ``logit`` they read;
+labels then default to 1, "chosen wins") and return NumPy arrays.
+``cal.calibrate(pred)`` returns the prediction with calibrated ``logit``/``prob``
+and ``pred.calibrator`` naming the calibrator.
+
+They — and the conformal classes of :mod:`auq.calibration.conformal` — are
+scikit-learn estimators (``get_params``, ``set_params``, ``sklearn.base.clone``)
+with one serialisation path: ``get_state()`` is a strict-JSON dict, and
+:func:`calibrator_from_state` restores any of them (no pickle).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from auq.calibration.base import BaseCalibrator, NotFittedError
+from auq.calibration.base import BaseCalibrator, NotFittedError, PosthocEstimator
+from auq.calibration.conformal import ConformalInterval, ConformalPreference
 from auq.calibration.point import (
     BetaCalibrator,
     IsotonicCalibrator,
@@ -39,9 +46,12 @@ __all__ = [
     "CALIBRATORS",
     "BaseCalibrator",
     "BetaCalibrator",
+    "ConformalInterval",
+    "ConformalPreference",
     "IsotonicCalibrator",
     "NotFittedError",
     "PlattScaler",
+    "PosthocEstimator",
     "SpreadScaler",
     "TemperatureScaler",
     "calibrator_from_state",
@@ -56,7 +66,10 @@ CALIBRATORS: dict[str, type[BaseCalibrator]] = {
     "beta": BetaCalibrator,
 }
 
-_BY_CLASS: dict[str, type] = {cls.__name__: cls for cls in (*CALIBRATORS.values(), SpreadScaler)}
+_BY_CLASS: dict[str, type[PosthocEstimator]] = {
+    cls.__name__: cls
+    for cls in (*CALIBRATORS.values(), SpreadScaler, ConformalInterval, ConformalPreference)
+}
 
 
 def make_calibrator(name: str, **kwargs: Any) -> BaseCalibrator:
@@ -77,8 +90,12 @@ def make_calibrator(name: str, **kwargs: Any) -> BaseCalibrator:
     return CALIBRATORS[name](**kwargs)
 
 
-def calibrator_from_state(state: dict[str, Any]) -> BaseCalibrator | SpreadScaler:
-    """Rebuild any fitted calibrator from its ``get_state()`` dict (dispatch on ``"class"``)."""
+def calibrator_from_state(state: dict[str, Any]) -> PosthocEstimator:
+    """Rebuild any fitted calibrator or conformal object from its ``get_state()`` dict.
+
+    Dispatches on ``state["class"]``: the point calibrators, :class:`SpreadScaler`,
+    :class:`ConformalInterval` and :class:`ConformalPreference`.
+    """
     if not isinstance(state, dict) or "class" not in state:
         raise ValueError("state must be a dict with a 'class' key, as returned by get_state()")
     check_choice("state['class']", state["class"], _BY_CLASS)

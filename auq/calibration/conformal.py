@@ -34,14 +34,13 @@ set). The error rate *among decisions* is at most ``α / P(decide)``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-from sklearn.exceptions import NotFittedError
 
 from auq.calibration.base import (
     SOURCES,
-    STATE_VERSION,
+    PosthocEstimator,
     Source,
     resolve_labels,
     resolve_margins,
@@ -59,9 +58,16 @@ __all__ = [
 ]
 
 
+def _check_alpha(alpha: Any) -> float:
+    # type first: check_probability compares before it checks the type
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+    return check_probability("alpha", alpha, inclusive=False)
+
+
 def min_calibration_size(alpha: float) -> int:
     """Smallest n for which ``⌈(n + 1)(1 − α)⌉ ≤ n`` (a finite conformal quantile)."""
-    check_probability("alpha", alpha, inclusive=False)
+    _check_alpha(alpha)
     return max(1, math.ceil((1 - alpha) / alpha - 1e-9))
 
 
@@ -83,7 +89,7 @@ def conformal_quantile(scores: Any, alpha: float) -> float:
     ValueError
         If ``n < min_calibration_size(alpha)`` (the quantile would be infinite).
     """
-    alpha = check_probability("alpha", alpha, inclusive=False)
+    alpha = _check_alpha(alpha)
     s = as_float_array("scores", scores)
     n = len(s)
     k = math.ceil((n + 1) * (1 - alpha) - 1e-9)
@@ -130,7 +136,7 @@ def _mean_and_scale(pred: Any, scale: Any, name: str) -> tuple[np.ndarray, np.nd
     return mu, sd
 
 
-class ConformalInterval:
+class ConformalInterval(PosthocEstimator):
     """Split-conformal interval ``μ ± q·σ`` (or ``μ ± q`` without a scale).
 
     Parameters
@@ -154,8 +160,15 @@ class ConformalInterval:
     (``margin_mean`` and ``margin_std``); an explicit ``scale`` overrides.
     """
 
+    _fitted: ClassVar[tuple[str, ...]] = ("quantile_", "normalized_", "n_calibration_")
+    _fit_call: ClassVar[str] = "fit(pred_mean, y_true)"
+
     def __init__(self, *, alpha: float = 0.1) -> None:
-        self.alpha = check_probability("alpha", alpha, inclusive=False)
+        self.alpha = alpha
+        self._check_options()
+
+    def _check_options(self) -> None:
+        _check_alpha(self.alpha)
 
     def fit(self, pred_mean: Any, y_true: Any, *, scale: Any = None) -> ConformalInterval:
         """Compute the quantile on calibration data.
@@ -180,12 +193,6 @@ class ConformalInterval:
         self.normalized_ = sd is not None
         self.n_calibration_ = len(y)
         return self
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "quantile_"):
-            raise NotFittedError(
-                "This ConformalInterval is not fitted yet; call fit(pred_mean, y_true) first"
-            )
 
     def predict_interval(
         self, pred_mean: Any, *, scale: Any = None
@@ -215,29 +222,8 @@ class ConformalInterval:
         """Decisions in {+1, 0, −1} from margin intervals (see :func:`interval_decisions`)."""
         return interval_decisions(*self.predict_interval(pred_mean, scale=scale))
 
-    def get_state(self) -> dict[str, Any]:
-        """JSON-able state."""
-        self._check_fitted()
-        return {
-            "class": "ConformalInterval",
-            "version": STATE_VERSION,
-            "params": {"alpha": self.alpha},
-            "fitted": {
-                "quantile_": self.quantile_,
-                "normalized_": self.normalized_,
-                "n_calibration_": self.n_calibration_,
-            },
-        }
 
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> ConformalInterval:
-        """Rebuild from :meth:`get_state` output."""
-        obj = cls(**state["params"])
-        obj.__dict__.update(state["fitted"])
-        return obj
-
-
-class ConformalPreference:
+class ConformalPreference(PosthocEstimator):
     """Conformal decision rule for pairs with binary labels.
 
     Calibration scores ``−(2y − 1)·ℓ`` (a monotone image of ``1 − p̂(winner)``
@@ -253,7 +239,8 @@ class ConformalPreference:
     alpha : float in (0, 1)
         Bound on ``P(decided and wrong)``.
     source : {"logit", "margin_mean"}
-        What to read from a PreferencePrediction (default ``logit(prob)``).
+        What to read from a PreferencePrediction: ``pred.logit`` (default) or
+        ``pred.margin_mean``.
 
     Attributes
     ----------
@@ -264,9 +251,17 @@ class ConformalPreference:
     n_calibration_ : int
     """
 
+    _fitted: ClassVar[tuple[str, ...]] = ("quantile_", "threshold_", "n_calibration_")
+    _fit_call: ClassVar[str] = "fit(margins, labels)"
+
     def __init__(self, *, alpha: float = 0.1, source: Source = "logit") -> None:
-        self.alpha = check_probability("alpha", alpha, inclusive=False)
-        self.source = check_choice("source", source, SOURCES)
+        self.alpha = alpha
+        self.source = source
+        self._check_options()
+
+    def _check_options(self) -> None:
+        _check_alpha(self.alpha)
+        check_choice("source", self.source, SOURCES)
 
     def fit(self, margins: Any, labels: Any = None) -> ConformalPreference:
         """Compute the threshold on calibration pairs.
@@ -300,29 +295,6 @@ class ConformalPreference:
         -------
         ndarray of int, shape (B,)
         """
-        if not hasattr(self, "threshold_"):
-            raise NotFittedError(
-                "This ConformalPreference is not fitted yet; call fit(margins, labels) first"
-            )
+        self._check_fitted()
         m = resolve_margins(margins, self.source)
         return (np.sign(m) * (np.abs(m) > self.threshold_)).astype(np.int64)
-
-    def get_state(self) -> dict[str, Any]:
-        """JSON-able state."""
-        return {
-            "class": "ConformalPreference",
-            "version": STATE_VERSION,
-            "params": {"alpha": self.alpha, "source": self.source},
-            "fitted": {
-                "quantile_": self.quantile_,
-                "threshold_": self.threshold_,
-                "n_calibration_": self.n_calibration_,
-            },
-        }
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> ConformalPreference:
-        """Rebuild from :meth:`get_state` output."""
-        obj = cls(**state["params"])
-        obj.__dict__.update(state["fitted"])
-        return obj

@@ -72,6 +72,11 @@ def _fit_logistic(
     return model.coef_[0].astype(np.float64), float(model.intercept_[0]) if fit_intercept else 0.0
 
 
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def _two_classes(name: str, labels: np.ndarray) -> None:
     if labels.min() == labels.max():
         raise ValueError(
@@ -100,8 +105,9 @@ class TemperatureScaler(BaseCalibrator):
         Pairs seen in ``fit`` (before symmetrisation).
     """
 
+    name: ClassVar[str] = "temperature"
     min_pairs: ClassVar[int] = 2
-    _fitted: ClassVar[tuple[str, ...]] = ("temperature_",)
+    _fitted: ClassVar[tuple[str, ...]] = ("temperature_", "n_pairs_")
 
     def _fit(self, margins: np.ndarray, labels: np.ndarray) -> None:
         from scipy.optimize import minimize
@@ -164,13 +170,17 @@ class PlattScaler(BaseCalibrator):
     n_pairs_ : int
     """
 
+    name: ClassVar[str] = "platt"
     min_pairs: ClassVar[int] = 2
-    _params: ClassVar[tuple[str, ...]] = ("symmetric", "source")
-    _fitted: ClassVar[tuple[str, ...]] = ("coef_", "intercept_")
+    _fitted: ClassVar[tuple[str, ...]] = ("coef_", "intercept_", "n_pairs_")
 
     def __init__(self, *, symmetric: bool = True, source: Source = "logit") -> None:
+        self.symmetric = symmetric
         super().__init__(source=source)
-        self.symmetric = bool(symmetric)
+
+    def _check_options(self) -> None:
+        super()._check_options()
+        _check_bool("symmetric", self.symmetric)
 
     def _fit(self, margins: np.ndarray, labels: np.ndarray) -> None:
         if self.symmetric:
@@ -204,14 +214,18 @@ class IsotonicCalibrator(BaseCalibrator):
     n_pairs_ : int
     """
 
+    name: ClassVar[str] = "isotonic"
     min_pairs: ClassVar[int] = 10
-    _params: ClassVar[tuple[str, ...]] = ("symmetric", "source")
-    _fitted: ClassVar[tuple[str, ...]] = ("x_thresholds_", "y_thresholds_")
+    _fitted: ClassVar[tuple[str, ...]] = ("x_thresholds_", "y_thresholds_", "n_pairs_")
     eps: ClassVar[float] = 1e-6
 
     def __init__(self, *, symmetric: bool = True, source: Source = "logit") -> None:
+        self.symmetric = symmetric
         super().__init__(source=source)
-        self.symmetric = bool(symmetric)
+
+    def _check_options(self) -> None:
+        super()._check_options()
+        _check_bool("symmetric", self.symmetric)
 
     def _fit(self, margins: np.ndarray, labels: np.ndarray) -> None:
         from sklearn.isotonic import IsotonicRegression
@@ -266,13 +280,17 @@ class BetaCalibrator(BaseCalibrator):
     n_pairs_ : int
     """
 
+    name: ClassVar[str] = "beta"
     min_pairs: ClassVar[int] = 4
-    _params: ClassVar[tuple[str, ...]] = ("symmetric", "source")
-    _fitted: ClassVar[tuple[str, ...]] = ("a_", "b_", "c_")
+    _fitted: ClassVar[tuple[str, ...]] = ("a_", "b_", "c_", "n_pairs_")
 
     def __init__(self, *, symmetric: bool = True, source: Source = "logit") -> None:
+        self.symmetric = symmetric
         super().__init__(source=source)
-        self.symmetric = bool(symmetric)
+
+    def _check_options(self) -> None:
+        super()._check_options()
+        _check_bool("symmetric", self.symmetric)
 
     @staticmethod
     def _features(margins: np.ndarray) -> np.ndarray:

@@ -1,106 +1,134 @@
 """Uncertainty calibration: scale the spread of a predictive margin distribution.
 
-A :class:`~auq.types.PreferencePrediction` predicts ``P(chosen ≻ rejected) =
-E[σ(Δ)]`` over its margin draws. If the ensemble (or posterior) is over- or
-under-dispersed, that mixture is mis-calibrated even when its mean is right.
-:class:`SpreadScaler` fits a factor ``s`` for the deviations from the mean
-(and optionally a temperature ``T`` for the mean itself)::
+A :class:`~auq.types.PreferencePrediction` predicts ``P(chosen ≻ rejected)`` from
+its margin distribution. If the ensemble (or posterior) is over- or
+under-dispersed, that predictive is mis-calibrated even when its mean is right.
+:class:`SpreadScaler` fits a factor ``s`` for the deviations from the mean (and
+optionally a temperature ``T`` for the mean itself)::
 
     Δ'_s = μ / T + s · (Δ_s − μ)          (sample-based predictions)
     Δ'  ~ N(μ / T, s² · Var[Δ])           (closed-form Gaussian predictions)
 
-by minimising the NLL of ``E[σ(Δ')]`` on held-out pairs. The map is odd in the
-draws, so ``g(−Δ) = 1 − g(Δ)`` holds and swap-symmetrising the pairs would not
-change the fit (it is not needed).
+by minimising the NLL of the prediction's *own* predictive on held-out pairs:
+``mean_s σ(Δ'_s)`` for draws and the probit form ``σ((μ/T) / sqrt(1 + π s² Var[Δ] / 8))``
+for a Gaussian margin — exactly the ``prob`` that :meth:`SpreadScaler.transform`
+returns. The map is odd in the margins, so ``g(−Δ) = 1 − g(Δ)`` holds and
+swap-symmetrising the pairs would not change the fit (it is not needed).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from auq.calibration.base import STATE_VERSION, NotFittedError, resolve_labels
-from auq.types import PreferencePrediction, RewardPrediction
+from auq.calibration.base import PosthocEstimator, resolve_labels
+from auq.types import AffineSampler, PreferencePrediction, RewardPrediction
 from auq.utils.validation import check_choice
 
 __all__ = ["SpreadScaler"]
 
 Mode = Literal["auto", "samples", "gaussian"]
+MODES = ("auto", "samples", "gaussian")
 _LOG_BOUND = 10.0
+_PROBIT = math.pi / 8.0
 
 
-def _components(
-    pred: PreferencePrediction, mode: str, n_points: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(μ (B,), deviations (Q, B), log-weights (Q, 1))`` as float64 NumPy arrays."""
+def _check_prediction(pred: Any) -> PreferencePrediction:
     if not isinstance(pred, PreferencePrediction):
         raise ValueError(
             f"pred must be a PreferencePrediction, got {type(pred).__name__}; "
             "for raw margins use TemperatureScaler"
         )
-    if _resolve_mode(pred, mode) == "samples":
-        samples = pred.margin_samples.detach().double().cpu().numpy()  # (S, B)
-        mu = samples.mean(0)
-        dev = samples - mu
-        logw = np.full((samples.shape[0], 1), -math.log(samples.shape[0]))
-    else:
-        z, w = np.polynomial.hermite_e.hermegauss(n_points)  # ∫ f(z) e^{-z²/2} dz
-        mu = pred.margin_mean.detach().double().cpu().numpy()
-        std = np.sqrt(np.clip(pred.margin_var.detach().double().cpu().numpy(), 0, None))
-        dev = z[:, None] * std[None, :]  # (Q, B)
-        logw = np.log(w / math.sqrt(2 * math.pi))[:, None]
-    if not (np.isfinite(mu).all() and np.isfinite(dev).all()):
-        raise ValueError("pred contains NaN or infinite margins")
-    return mu, dev, logw
+    if pred.calibrator is not None:
+        raise ValueError(
+            f"pred was already calibrated by {pred.calibrator!r}, so its logit no longer "
+            "follows from its margins; SpreadScaler needs the model's own prediction"
+        )
+    return pred
 
 
-def _resolve_mode(pred: PreferencePrediction, mode: str) -> str:
-    if mode == "auto":
-        return "samples" if pred.is_sample_based else "gaussian"
-    return mode
+def _components(pred: PreferencePrediction, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 NumPy ``(μ (B,), deviations (S, B))`` or ``(μ (B,), Var[Δ] (B,))``."""
+    if mode == "samples":
+        draws = pred.margin_samples.detach().double().cpu().numpy()  # (S, B)
+        mu = draws.mean(0)
+        return mu, draws - mu
+    mu = pred.margin_mean.detach().double().cpu().numpy()
+    return mu, np.clip(pred.margin_var.detach().double().cpu().numpy(), 0.0, None)
 
 
-def _nll_and_grad(
-    theta: np.ndarray, mu: np.ndarray, dev: np.ndarray, logw: np.ndarray, y: np.ndarray
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """NLL of ``p̄ = E[σ(Δ')]``, its gradient in ``θ = (log s[, log T])``, and ``log p̄`` (B,).
+def _logit_samples(theta: np.ndarray, mu: np.ndarray, dev: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Log-odds of ``mean_s σ(Δ'_s)``, shape (B,), and the pieces of its derivative."""
+    from scipy.special import log_expit, logsumexp
 
-    ``Δ' = μ·exp(−log T) + exp(log s)·dev``; with ``r = w σ(Δ') / p̄`` and
-    ``r' = w σ(−Δ') / (1 − p̄)`` the derivative of ``log p̄`` in ``Δ'`` is
-    ``r σ(−Δ')`` and that of ``log(1 − p̄)`` is ``−r' σ(Δ')``.
-    """
-    from scipy.special import expit, log_expit, logsumexp
-
-    s = math.exp(theta[0])
-    inv_t = math.exp(-theta[1]) if len(theta) > 1 else 1.0
-    delta = mu * inv_t + s * dev  # (Q, B)
-    a, b = log_expit(delta) + logw, log_expit(-delta) + logw
+    s, inv_t = math.exp(theta[0]), math.exp(-theta[1]) if len(theta) > 1 else 1.0
+    delta = mu * inv_t + s * dev  # (S, B)
+    a, b = log_expit(delta), log_expit(-delta)
     lp, lq = logsumexp(a, axis=0), logsumexp(b, axis=0)
+    return lp - lq, delta, a - lp, b - lq, s, inv_t
+
+
+def _nll_samples(
+    theta: np.ndarray, mu: np.ndarray, dev: np.ndarray, y: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """NLL of ``p̄ = mean_s σ(Δ'_s)`` and its gradient in ``θ = (log s[, log T])``.
+
+    With ``r_s = σ(Δ'_s)/Σσ(Δ')`` and ``r'_s = σ(−Δ'_s)/Σσ(−Δ')``, ``d log p̄ / dΔ'_s =
+    r_s σ(−Δ'_s)`` and ``d log(1 − p̄) / dΔ'_s = −r'_s σ(Δ'_s)``.
+    """
+    from scipy.special import expit
+
+    logit, delta, log_r, log_rq, s, inv_t = _logit_samples(theta, mu, dev)
+    z = (2 * y - 1) * logit
     n = len(y)
-    nll = -float(np.mean(y * lp + (1 - y) * lq))
-    # dL/dΔ' per node and pair, shape (Q, B)
-    g = -(y * np.exp(a - lp) * expit(-delta) - (1 - y) * np.exp(b - lq) * expit(delta)) / n
+    nll = float(np.mean(np.logaddexp(0.0, -z)))
+    # dL/dΔ'_s per draw and pair, shape (S, B); L = −mean(y log p̄ + (1 − y) log(1 − p̄))
+    g = -(y * np.exp(log_r) * expit(-delta) - (1 - y) * np.exp(log_rq) * expit(delta)) / n
     grad = [float(np.sum(g * dev) * s)]
     if len(theta) > 1:
         grad.append(float(-np.sum(g * mu) * inv_t))
-    return nll, np.array(grad), lp
+    return nll, np.array(grad)
 
 
-class SpreadScaler:
-    """Calibrate the predictive mixture by scaling the margin spread.
+def _logit_gaussian(theta: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
+    s2, inv_t = math.exp(2 * theta[0]), math.exp(-theta[1]) if len(theta) > 1 else 1.0
+    return mu * inv_t / np.sqrt(1.0 + _PROBIT * s2 * var)
+
+
+def _nll_gaussian(
+    theta: np.ndarray, mu: np.ndarray, var: np.ndarray, y: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """NLL of the probit predictive and its gradient in ``θ = (log s[, log T])``.
+
+    ``dℓ/d log s = −ℓ · c s² v / (1 + c s² v)`` (``c = π/8``), ``dℓ/d log T = −ℓ``.
+    """
+    from scipy.special import expit
+
+    logit = _logit_gaussian(theta, mu, var)
+    sign = 2 * y - 1
+    nll = float(np.mean(np.logaddexp(0.0, -sign * logit)))
+    dl = -sign * expit(-sign * logit) / len(y)  # dL/dℓ, shape (B,)
+    csv = _PROBIT * math.exp(2 * theta[0]) * var
+    grad = [float(np.sum(dl * -logit * csv / (1.0 + csv)))]
+    if len(theta) > 1:
+        grad.append(float(np.sum(dl * -logit)))
+    return nll, np.array(grad)
+
+
+class SpreadScaler(PosthocEstimator):
+    """Calibrate the predictive by scaling the margin spread.
 
     Parameters
     ----------
     fit_temperature : bool
         Also fit a temperature ``T`` for the mean margin (default: only ``s``).
     mode : {"auto", "samples", "gaussian"}
-        Use the stored margin draws, or the Gaussian ``N(margin_mean, margin_var)``
-        with Gauss–Hermite quadrature; ``"auto"`` picks draws when the prediction
-        stores them (sample-based methods) and the Gaussian otherwise (Laplace).
-    n_points : int
-        Quadrature nodes for the Gaussian mode.
+        Use the margin draws, or the Gaussian ``N(margin_mean, margin_var)`` with its
+        probit predictive; ``"auto"`` picks draws for sample-based predictions
+        (ensembles) and the Gaussian for closed-form ones (Laplace).
 
     Attributes
     ----------
@@ -111,15 +139,25 @@ class SpreadScaler:
     n_pairs_ : int
     """
 
+    name: ClassVar[str] = "spread"
     min_pairs: ClassVar[int] = 2
-    _params: ClassVar[tuple[str, ...]] = ("fit_temperature", "mode", "n_points")
+    _fitted: ClassVar[tuple[str, ...]] = ("spread_", "temperature_", "n_pairs_")
+    _fit_call: ClassVar[str] = "fit(pred, labels)"
 
-    def __init__(
-        self, *, fit_temperature: bool = False, mode: Mode = "auto", n_points: int = 32
-    ) -> None:
-        self.fit_temperature = bool(fit_temperature)
-        self.mode = check_choice("mode", mode, ("auto", "samples", "gaussian"))
-        self.n_points = int(n_points)
+    def __init__(self, *, fit_temperature: bool = False, mode: Mode = "auto") -> None:
+        self.fit_temperature = fit_temperature
+        self.mode = mode
+        self._check_options()
+
+    def _check_options(self) -> None:
+        if not isinstance(self.fit_temperature, bool | np.bool_):
+            raise ValueError(f"fit_temperature must be True or False, got {self.fit_temperature!r}")
+        check_choice("mode", self.mode, MODES)
+
+    def _mode(self, pred: PreferencePrediction) -> str:
+        if self.mode == "auto":
+            return "samples" if pred.is_sample_based else "gaussian"
+        return self.mode
 
     def fit(self, pred: PreferencePrediction, labels: Any = None) -> SpreadScaler:
         """Fit ``s`` (and ``T``) by NLL with L-BFGS-B on held-out pairs.
@@ -127,6 +165,7 @@ class SpreadScaler:
         Parameters
         ----------
         pred : PreferencePrediction, B pairs
+            The model's own (uncalibrated) prediction.
         labels : array-like or Tensor, shape (B,), optional
             1 if the chosen response won; default all ones.
 
@@ -136,14 +175,16 @@ class SpreadScaler:
         """
         from scipy.optimize import minimize
 
-        mu, dev, logw = _components(pred, self.mode, self.n_points)
+        pred = _check_prediction(pred)
+        mode = self._mode(pred)
+        mu, spread = _components(pred, mode)
         y = resolve_labels(labels, len(mu))
         if len(mu) < self.min_pairs:
             raise ValueError(f"SpreadScaler needs at least {self.min_pairs} pairs, got {len(mu)}")
-
+        objective = _nll_samples if mode == "samples" else _nll_gaussian
         n_par = 2 if self.fit_temperature else 1
         res = minimize(
-            lambda x: _nll_and_grad(x, mu, dev, logw, y)[:2],
+            lambda x: objective(x, mu, spread, y),
             np.zeros(n_par),
             jac=True,
             method="L-BFGS-B",
@@ -155,94 +196,77 @@ class SpreadScaler:
         self.n_pairs_ = len(mu)
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "n_pairs_"):
-            raise NotFittedError(
-                "This SpreadScaler is not fitted yet; call fit(pred, labels) first"
-            )
+    def _theta(self) -> np.ndarray:
+        return np.log([self.spread_, self.temperature_])
+
+    def predict_logit(self, pred: PreferencePrediction) -> np.ndarray:
+        """Calibrated log-odds, shape (B,), float64 (odd in the margins)."""
+        self._check_fitted()
+        pred = _check_prediction(pred)
+        mode = self._mode(pred)
+        mu, spread = _components(pred, mode)
+        if mode == "samples":
+            return _logit_samples(self._theta(), mu, spread)[0]
+        return _logit_gaussian(self._theta(), mu, spread)
 
     def predict_proba(self, pred: PreferencePrediction) -> np.ndarray:
-        """Calibrated ``E[σ(Δ')]``, shape (B,)."""
-        self._check_fitted()
-        mu, dev, logw = _components(pred, self.mode, self.n_points)
-        theta = np.log([self.spread_, self.temperature_])
-        return np.exp(_nll_and_grad(theta, mu, dev, logw, np.ones(len(mu)))[2])
+        """Calibrated P(chosen ≻ rejected), shape (B,), float64."""
+        from scipy.special import expit
+
+        return expit(self.predict_logit(pred))
 
     def transform(self, pred: PreferencePrediction) -> PreferencePrediction:
-        """A new prediction with the spread (and mean) rescaled.
+        """A new prediction with the spread (and mean) rescaled; its ``calibrator`` is ``"spread"``.
 
         Sample-based predictions get rescaled draws (``from_margin_samples``),
-        closed-form ones a rescaled Gaussian (``from_gaussian_margin``) whose
-        sampler wraps the original joint sampler. ``chosen``/``rejected``
-        rewards are rescaled the same way (``r' = E[r]/T + s(r − E[r])``), which
-        keeps ``Δ' = r'_c − r'_r``.
+        closed-form ones a rescaled Gaussian (``from_gaussian_margin``) whose sampler
+        is an :class:`~auq.types.AffineSampler` of the original joint sampler.
+        ``chosen``/``rejected`` rewards are rescaled the same way
+        (``r' = E[r]/T + s(r − E[r])``), which keeps ``Δ' = r'_c − r'_r``. Its
+        ``prob`` equals :meth:`predict_proba` and its entropies are recomputed.
         """
         self._check_fitted()
-        _components(pred, self.mode, self.n_points)  # validates
+        pred = _check_prediction(pred)
         s, t = self.spread_, self.temperature_
-        mu = pred.margin_mean
         sides = {
             "chosen": _scale_reward(pred.chosen, s, t),
             "rejected": _scale_reward(pred.rejected, s, t),
         }
-        if _resolve_mode(pred, self.mode) == "samples":
-            samples = pred.margin_samples
-            mu = samples.mean(0)
-            return PreferencePrediction.from_margin_samples(
-                mu / t + s * (samples - mu), method=pred.method, **sides
+        common = {"method": pred.method, "truncation": pred.truncation, **sides}
+        if self._mode(pred) == "samples":
+            draws = pred.margin_samples
+            mu = draws.mean(0)
+            out = PreferencePrediction.from_margin_samples(mu / t + s * (draws - mu), **common)
+        else:
+            mu = pred.margin_mean
+            base = pred.sampler
+            out = PreferencePrediction.from_gaussian_margin(
+                mu / t,
+                pred.margin_var * s**2,
+                sampler=None if base is None else AffineSampler(base, s, mu / t - s * mu),
+                n_samples=pred.n_samples,
+                **common,
             )
-        sample = pred.sample
-        return PreferencePrediction.from_gaussian_margin(
-            mu / t,
-            pred.margin_var * s**2,
-            sampler=lambda n, generator=None: mu / t + s * (sample(n, generator) - mu),
-            method=pred.method,
-            **sides,
-        )
+        return replace(out, calibrator=self.name)
 
-    def get_state(self) -> dict[str, Any]:
-        """JSON-able description: class name, options and fitted values."""
-        self._check_fitted()
-        return {
-            "class": type(self).__name__,
-            "version": STATE_VERSION,
-            "params": {name: getattr(self, name) for name in self._params},
-            "fitted": {
-                "spread_": self.spread_,
-                "temperature_": self.temperature_,
-                "n_pairs_": int(self.n_pairs_),
-            },
-        }
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> SpreadScaler:
-        """Rebuild a fitted scaler from :meth:`get_state` output."""
-        if state.get("class") != cls.__name__:
-            raise ValueError(f"state describes class {state.get('class')!r}, not {cls.__name__!r}")
-        obj = cls(**state.get("params", {}))
-        for name, value in state["fitted"].items():
-            setattr(obj, name, value)
-        return obj
-
-    def __repr__(self) -> str:
-        opts = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._params)
-        return f"SpreadScaler({opts})"
+    def calibrate(self, pred: PreferencePrediction) -> PreferencePrediction:
+        """Alias of :meth:`transform` (every calibrator has ``calibrate(pred)``)."""
+        return self.transform(pred)
 
 
 def _scale_reward(rp: RewardPrediction | None, s: float, t: float) -> RewardPrediction | None:
     if rp is None:
         return None
-    aleatoric = None if rp.aleatoric is None else rp.aleatoric / t**2
-    if rp.n_samples > 0:
+    aleatoric_var = None if rp.aleatoric_var is None else rp.aleatoric_var / t**2
+    common = {"aleatoric_var": aleatoric_var, "method": rp.method, "truncation": rp.truncation}
+    if rp.is_sample_based:
         mean = rp.samples.mean(0)
-        return RewardPrediction.from_samples(
-            mean / t + s * (rp.samples - mean), aleatoric=aleatoric, method=rp.method
-        )
-    mean, sample = rp.mean, rp.sample
+        return RewardPrediction.from_samples(mean / t + s * (rp.samples - mean), **common)
+    mean, base = rp.mean, rp.sampler
     return RewardPrediction.from_moments(
         mean / t,
         rp.var * s**2,
-        sampler=lambda n, generator=None: mean / t + s * (sample(n, generator) - mean),
-        aleatoric=aleatoric,
-        method=rp.method,
+        sampler=None if base is None else AffineSampler(base, s, mean / t - s * mean),
+        n_samples=rp.n_samples,
+        **common,
     )

@@ -1,58 +1,49 @@
 """``auq calibrate``: fit a calibrator for a saved reward model and report before/after.
 
 The data are split into a calibration part (the calibrator is fitted there) and an
-evaluation part (the report is computed there). Metrics are computed on the
-swap-symmetrised evaluation pairs — each pair once as (chosen, rejected) with label
-1 and once swapped with label 0 — so a set whose labels all say "chosen wins"
-still measures calibration in both directions.
+evaluation part (the report is computed there). Every label says "chosen wins", so
+:func:`auq.metrics.calibration_report` (``symmetrize="auto"``) computes the
+calibration metrics on the swap-symmetrised pairs — each pair once as given and
+once swapped, ``(1 − p, 0)`` — and says so (``"symmetrized": true``); the
+reliability diagrams do the same.
+
+Everything is checked before the model loads (the model directory, the data, the
+options, that ``--out`` can be created); ``--out`` is created only when the results
+are written, and ``calibrator.json`` is stored in the model directory last.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from auq.cli.errors import CliError, one_line
+from auq.cli.inputs import OutputDir, check_model_dir, load_preference_data
+from auq.utils.io import write_json
 
-from auq.data import PreferenceDataset
+__all__ = ["calibrate_saved_model", "load_preference_data"]
 
-__all__ = ["calibrate_saved_model", "load_preference_data", "swap_symmetrized"]
-
-
-def load_preference_data(source: str) -> PreferenceDataset:
-    """A JSONL path, or ``builtin`` / ``builtin:N`` / ``builtin-ood:N`` for the built-in set."""
-    if source.startswith("builtin"):
-        from auq.data.builtin import load_builtin_preferences
-
-        name, _, size = source.partition(":")
-        if name not in ("builtin", "builtin-ood"):
-            raise ValueError(f"unknown data source {source!r}; valid: builtin[:N], builtin-ood[:N]")
-        domain = "ood" if name == "builtin-ood" else "in"
-        return load_builtin_preferences(int(size) if size else 2000, seed=1234, domain=domain)
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"data file {source!r} not found; give a JSONL file with prompt/chosen/rejected "
-            "columns, or builtin[:N]"
-        )
-    return PreferenceDataset.from_jsonl(path)
+REPORT_NAME = "report.json"
+PLOT_NAMES = ("reliability_before_after.png", "reliability_after.png")
 
 
-def swap_symmetrized(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and probabilities of B pairs seen both ways, each shape (2B,).
-
-    ``(concat([1…1, 0…0]), concat([p, 1 − p]))``: the pair as given ("chosen wins")
-    and swapped.
-    """
-    return np.r_[np.ones_like(probs), np.zeros_like(probs)], np.r_[probs, 1 - probs]
-
-
-def _report(probs: np.ndarray, uncertainty: np.ndarray) -> dict[str, Any]:
+def _report(pred: Any) -> dict[str, Any]:
+    """Metrics of one prediction (labels "chosen wins"; swap-symmetrised automatically)."""
     from auq.metrics import calibration_report
 
-    y_true, y_prob = swap_symmetrized(probs)
-    return calibration_report(y_true, y_prob, uncertainty=np.r_[uncertainty, uncertainty])
+    return calibration_report(None, pred, uncertainty=pred.margin_std.numpy())
+
+
+def _load_model(model_dir: Path):
+    from auq.models.reward_model import RewardModel
+
+    try:
+        return RewardModel.from_pretrained(model_dir)
+    except Exception as err:  # a damaged directory fails in many ways; name it, keep the cause
+        raise CliError(
+            f"cannot load the reward model in {str(model_dir)!r}: {type(err).__name__}: "
+            f"{one_line(err)}"
+        ) from err
 
 
 def calibrate_saved_model(
@@ -66,27 +57,40 @@ def calibrate_saved_model(
 ) -> dict[str, Any]:
     """Fit ``method`` on part of ``data``, report before/after on the rest, store the calibrator.
 
-    Writes ``report.json``, ``reliability_before_after.png`` and
-    ``reliability_after.png`` into ``out`` and ``calibrator.json`` next to the model.
+    Writes ``report.json`` (strict JSON: NaN as null), ``reliability_before_after.png``
+    and ``reliability_after.png`` into ``out`` and ``calibrator.json`` next to the model.
 
     Returns
     -------
     dict
         ``{"method", "n_calibration", "n_evaluation", "before": {...}, "after": {...}}``.
-    """
-    from auq.models.reward_model import RewardModel
-    from auq.plotting import plot_calibration_comparison, plot_reliability_diagram
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rm = RewardModel.from_pretrained(model_dir)
+    Raises
+    ------
+    CliError, FileNotFoundError, PreferenceDataError, CheckpointError
+        For bad inputs, all found before the model loads; ``out`` is then not created.
+    """
+    from auq.calibration import CALIBRATORS
+    from auq.utils.validation import check_choice
+
+    check_choice("--method", method, sorted(CALIBRATORS))
+    if not 0 < calibration_fraction < 1:
+        raise CliError(f"--calibration-fraction must be in (0, 1), got {calibration_fraction!r}")
+    model_path = check_model_dir(str(model_dir), writable=True)  # calibrator.json goes there
+    output = OutputDir(str(out), option="--out")
     dataset = load_preference_data(data)
-    cal_set, eval_set = dataset.split(test_size=1 - calibration_fraction, seed=seed)
+    try:
+        cal_set, eval_set = dataset.split(test_size=1 - calibration_fraction, seed=seed)
+    except ValueError as err:
+        raise CliError(
+            f"DATA has {len(dataset)} pairs, too few to split with --calibration-fraction "
+            f"{calibration_fraction} ({one_line(err)})"
+        ) from None
+
+    rm = _load_model(model_path)
     calibrator = rm.calibrate(cal_set, method=method)
-    pred = rm.predict(eval_set)
-    before = pred.prob.numpy()
-    after = calibrator.predict_proba(pred)
-    uncertainty = pred.margin_std.numpy()
+    before = rm.predict(eval_set, calibrated=False)
+    after = calibrator.calibrate(before)
     report = {
         "method": method,
         "model": str(model_dir),
@@ -94,19 +98,27 @@ def calibrate_saved_model(
         "n_calibration": len(cal_set),
         "n_evaluation": len(eval_set),
         "calibrator": calibrator.get_state(),
-        "before": _report(before, uncertainty),
-        "after": _report(after, uncertainty),
+        "uncertainty": "margin_std",
+        "before": _report(before),
+        "after": _report(after),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
-    y_true, p_before = swap_symmetrized(before)
-    _, p_after = swap_symmetrized(after)
-    plot_calibration_comparison(
-        y_true,
-        p_before,
-        p_after,
-        labels=("before", f"after ({method})"),
-        save_path=out / "reliability_before_after.png",
-    )
-    plot_reliability_diagram(y_true, p_after, save_path=out / "reliability_after.png")
-    rm.save_calibrator(model_dir)
+    _write_outputs(output, report, before, after)
+    rm.save_calibrator(model_path)
     return report
+
+
+def _write_outputs(output: OutputDir, report: dict[str, Any], before: Any, after: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    from auq.plotting import plot_calibration_comparison, plot_reliability_diagram
+
+    with output.writing() as out:
+        write_json(out / REPORT_NAME, report)
+        labels = ("before", f"after ({report['method']})")
+        for fig in (
+            plot_calibration_comparison(
+                None, before, after, labels=labels, save_path=out / PLOT_NAMES[0]
+            ),
+            plot_reliability_diagram(None, after, name=labels[1], save_path=out / PLOT_NAMES[1]),
+        ):
+            plt.close(fig)

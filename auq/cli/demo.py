@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from auq.cli.errors import CliError, one_line
+from auq.cli.inputs import OutputDir
 from auq.metrics import error_detection_auroc, ood_auroc
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -31,7 +32,23 @@ class DemoConfig:
     seed: int = 0
     backbone: str | None = None
     save_to: str | None = None
-    progress: bool = True
+    progress: bool | None = None  # None: bars only on a terminal (auq.utils.console)
+
+
+def _check(config: DemoConfig) -> OutputDir | None:
+    """Validate the sizes and ``save_to`` before anything loads."""
+    for name in ("n_train", "n_eval", "n_test", "n_ood", "n_members", "epochs"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            option = "--members" if name == "n_members" else "--" + name.replace("_", "-")
+            raise CliError(f"{option} must be an integer >= 1, got {value!r}")
+    if config.hidden_size is not None and (
+        isinstance(config.hidden_size, bool)
+        or not isinstance(config.hidden_size, int)
+        or config.hidden_size < 1
+    ):
+        raise CliError(f"--hidden-size must be an integer >= 1, got {config.hidden_size!r}")
+    return None if config.save_to is None else OutputDir(config.save_to, option="--save")
 
 
 def run_demo(config: DemoConfig | None = None) -> dict[str, float]:
@@ -41,6 +58,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, float]:
     from auq.utils.defaults import default_backbone_path
 
     config = config or DemoConfig()
+    save_to = _check(config)
     torch.manual_seed(config.seed)
     start = time.perf_counter()
     n_in = config.n_train + config.n_eval + config.n_test
@@ -55,14 +73,16 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, float]:
         f"{len(ood)} out-of-distribution pairs"
     )
 
-    rm = RewardModel.from_backbone(
-        backbone,
-        uq="heads",
-        n_members=config.n_members,
-        hidden_size=config.hidden_size,
-        bootstrap=True,
-        seed=config.seed,
-    )
+    try:
+        rm = RewardModel.from_backbone(
+            backbone,
+            uq="heads",
+            n_members=config.n_members,
+            hidden_size=config.hidden_size,
+            seed=config.seed,
+        )
+    except (OSError, ValueError) as err:  # not found, not a model, offline hub
+        raise CliError(f"cannot load the backbone {backbone!r}: {one_line(err)}") from err
     rm.fit(train, eval_dataset=val, epochs=config.epochs, progress=config.progress)
     test_pred = rm.predict(test, progress=config.progress)
     ood_pred = rm.predict(ood, progress=config.progress)
@@ -72,27 +92,35 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, float]:
     )
     predicted_chosen = test_pred.correct.numpy()
     errors = ~predicted_chosen
-    in_unc = test_pred.margin_std.numpy()
-    ood_unc = ood_pred.margin_std.numpy()
+
+    def scores(score: str) -> tuple[np.ndarray, np.ndarray]:
+        return test_pred.uncertainty(score).numpy(), ood_pred.uncertainty(score).numpy()
+
+    response_in, response_ood = scores("response_std")  # OOD detection: the stronger score
+    margin_in, margin_ood = scores("margin_std")
     results = {
         "heldout_accuracy": float(predicted_chosen.mean()),
         "gold_ceiling": gold_ceiling(test),
         "agreement_with_gold": float((predicted_chosen == gold_prefers_chosen).mean()),
         "ood_accuracy": ood_pred.accuracy(),
-        "margin_std_in": float(in_unc.mean()),
-        "margin_std_ood": float(ood_unc.mean()),
+        "response_std_in": float(response_in.mean()),
+        "response_std_ood": float(response_ood.mean()),
+        "margin_std_in": float(margin_in.mean()),
+        "margin_std_ood": float(margin_ood.mean()),
         "epistemic_entropy_in": float(test_pred.epistemic.mean()),
         "epistemic_entropy_ood": float(ood_pred.epistemic.mean()),
-        "ood_auroc": ood_auroc(in_unc, ood_unc),
+        "ood_auroc_response_std": ood_auroc(response_in, response_ood),
+        "ood_auroc_margin_std": ood_auroc(margin_in, margin_ood),
         # errors are found by the predictive entropy; disagreement alone tracks them weakly
-        "error_auroc_total": _auroc(errors, test_pred.total.numpy()),
-        "error_auroc_epistemic": _auroc(errors, in_unc),
+        "error_auroc_total": _auroc(errors, test_pred.uncertainty("total").numpy()),
+        "error_auroc_margin_std": _auroc(errors, margin_in),
         "seconds": time.perf_counter() - start,
     }
     _print_report(results, rm)
-    if config.save_to:
-        rm.save_pretrained(config.save_to)
-        print(f"saved to {Path(config.save_to).resolve()}")
+    if save_to is not None:
+        with save_to.writing() as path:
+            rm.save_pretrained(path)
+        print(f"saved to {path.resolve()}")
     return results
 
 
@@ -112,14 +140,21 @@ def _print_report(r: dict[str, float], rm) -> None:
     print(f"  agreement with gold reward  {r['agreement_with_gold']:.3f}")
     print(f"  out-of-distribution acc.    {r['ood_accuracy']:.3f}")
     print("Uncertainty (epistemic, across members)")
-    print(f"  margin std  in / OOD        {r['margin_std_in']:.3f} / {r['margin_std_ood']:.3f}")
     print(
-        f"  mutual info in / OOD        {r['epistemic_entropy_in']:.4f} / "
+        f"  responses' reward std in / OOD  {r['response_std_in']:.3f} / "
+        f"{r['response_std_ood']:.3f}   (std(r_chosen) + std(r_rejected))"
+    )
+    print(f"  margin std  in / OOD            {r['margin_std_in']:.3f} / {r['margin_std_ood']:.3f}")
+    print(
+        f"  mutual info in / OOD            {r['epistemic_entropy_in']:.4f} / "
         f"{r['epistemic_entropy_ood']:.4f} nats"
     )
-    print(f"  OOD detection AUROC         {r['ood_auroc']:.3f}")
     print(
-        f"  error detection AUROC       {r['error_auroc_total']:.3f} (predictive entropy), "
-        f"{r['error_auroc_epistemic']:.3f} (margin std)"
+        f"  OOD detection AUROC             {r['ood_auroc_response_std']:.3f} (responses' std), "
+        f"{r['ood_auroc_margin_std']:.3f} (margin std)"
+    )
+    print(
+        f"  error detection AUROC           {r['error_auroc_total']:.3f} (predictive entropy), "
+        f"{r['error_auroc_margin_std']:.3f} (margin std)"
     )
     print(f"done in {r['seconds']:.0f} s")

@@ -1,31 +1,73 @@
-"""The ``auq`` command line."""
+"""The ``auq`` command line.
+
+A user error — a bad option, a missing or malformed file, a damaged model
+directory, an output that cannot be written — prints one line,
+``auq <command>: error: <message>``, on stderr and exits with status 2; ``--debug``
+(before or after the command) shows the traceback instead. Ctrl-C exits with 130.
+See :mod:`auq.cli.errors`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
-__all__ = ["main"]
+from auq.cli.errors import report_failures
+
+__all__ = ["build_parser", "demo_config", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: ``auq <command>: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
+    return value
+
+
+def demo_config(args: argparse.Namespace):
+    """The :class:`~auq.cli.demo.DemoConfig` of parsed ``auq demo`` options."""
+    from auq.cli.demo import DemoConfig
+
+    return DemoConfig(
+        n_train=args.n_train,
+        n_eval=args.n_eval,
+        n_test=args.n_test,
+        n_ood=args.n_ood,
+        n_members=args.members,
+        hidden_size=args.hidden_size,
+        epochs=args.epochs,
+        seed=args.seed,
+        backbone=args.backbone,
+        save_to=args.save,
+        progress=False if args.no_progress else None,  # None: only on a terminal
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from auq.cli.demo import DemoConfig, run_demo
+    from auq.cli.demo import run_demo
 
-    run_demo(
-        DemoConfig(
-            n_train=args.n_train,
-            n_eval=args.n_eval,
-            n_test=args.n_test,
-            n_ood=args.n_ood,
-            n_members=args.members,
-            hidden_size=args.hidden_size,
-            epochs=args.epochs,
-            seed=args.seed,
-            backbone=args.backbone,
-            save_to=args.save,
-            progress=not args.no_progress,
-        )
-    )
+    run_demo(demo_config(args))
     return 0
 
 
@@ -41,14 +83,16 @@ def _calibrate(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     keys = ("accuracy", "ece", "nll", "brier")
+    how = " (metrics on the pairs and their swaps)" if report["after"].get("symmetrized") else ""
     print(
         f"calibrated with {args.method} on {report['n_calibration']} pairs; "
-        f"evaluated on {report['n_evaluation']} swap-symmetrised pairs"
+        f"evaluated on {report['n_evaluation']} pairs{how}"
     )
     print(f"{'':8}" + "".join(f"{k:>10}" for k in keys))
     for stage in ("before", "after"):
         row = report[stage]
-        print(f"{stage:8}" + "".join(f"{row.get(k, float('nan')):>10.4f}" for k in keys))
+        values = (row.get(k) for k in keys)
+        print(f"{stage:8}" + "".join(f"{'n/a' if v is None else f'{v:.4f}':>10}" for v in values))
     print(f"report and plots in {args.out}; calibrator stored in {args.model_dir}")
     return 0
 
@@ -56,49 +100,72 @@ def _calibrate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from auq.utils.metadata import package_version
 
-    parser = argparse.ArgumentParser(
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the full traceback of an error",
+    )
+    parser = _Parser(
         prog="auq",
         description="auq: uncertainty-aware, calibrated reward models for alignment.",
     )
     parser.add_argument("--version", action="version", version=f"auq {package_version()}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(
         "demo",
+        parents=[debug],
         help="train a head-ensemble reward model on the built-in data and report",
         description="Train a head-ensemble reward model on the built-in preference data "
         "(known gold reward) with the packaged MiniLM backbone; print held-out accuracy "
         "against the gold ceiling and an uncertainty summary.",
     )
     demo.add_argument("--backbone", default=None, help="HF name or path (default: packaged MiniLM)")
-    demo.add_argument("--members", type=int, default=8, help="ensemble size K (default 8)")
-    demo.add_argument("--hidden-size", type=int, default=None, help="MLP heads of this width")
-    demo.add_argument("--epochs", type=int, default=40)
-    demo.add_argument("--n-train", type=int, default=1200)
-    demo.add_argument("--n-eval", type=int, default=300)
-    demo.add_argument("--n-test", type=int, default=800)
-    demo.add_argument("--n-ood", type=int, default=300)
+    demo.add_argument(
+        "--members", type=_positive_int, default=8, help="ensemble size K (default 8)"
+    )
+    demo.add_argument(
+        "--hidden-size", type=_positive_int, default=None, help="MLP heads of this width"
+    )
+    demo.add_argument("--epochs", type=_positive_int, default=40)
+    demo.add_argument("--n-train", type=_positive_int, default=1200)
+    demo.add_argument("--n-eval", type=_positive_int, default=300)
+    demo.add_argument("--n-test", type=_positive_int, default=800)
+    demo.add_argument("--n-ood", type=_positive_int, default=300)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--save", default=None, metavar="DIR", help="save the trained model here")
-    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    demo.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide progress bars (by default they show only on a terminal)",
+    )
     demo.set_defaults(func=_demo)
 
     from auq.calibration import CALIBRATORS
 
     cal = sub.add_parser(
         "calibrate",
+        parents=[debug],
         help="fit a calibrator for a saved reward model; report and plot before/after",
         description="Fit a calibrator of P(chosen > rejected) on part of DATA, write a "
         "before/after JSON report and reliability PNGs to --out, and store the calibrator "
         "with the model (calibrator.json in MODEL_DIR).",
     )
     cal.add_argument("model_dir", metavar="MODEL_DIR", help="a directory from save_pretrained")
-    cal.add_argument("data", metavar="DATA", help="JSONL file of pairs, or builtin[:N]")
+    cal.add_argument(
+        "data",
+        metavar="DATA",
+        help="JSONL file of pairs, or the built-in set: builtin, builtin:N, builtin-ood, "
+        "builtin-ood:N (an existing file of that name is read as a file)",
+    )
     cal.add_argument("--method", default="temperature", choices=sorted(CALIBRATORS))
     cal.add_argument("--out", required=True, metavar="DIR", help="where the report goes")
     cal.add_argument(
         "--calibration-fraction",
-        type=float,
+        type=_fraction,
         default=0.5,
         help="share of DATA used to fit the calibrator (the rest is for the report)",
     )
@@ -108,12 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``auq``; returns the exit status (argparse's own errors raise ``SystemExit(2)``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    return report_failures(f"auq {args.command}", lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

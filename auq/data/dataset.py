@@ -2,18 +2,32 @@
 
 A :class:`PreferenceDataset` holds N pairs in TRL's columns — ``prompt``, ``chosen``,
 ``rejected`` (each a non-empty ``str``, or, *conversational*, a list of
-``{"role": str, "content": str}`` messages) and optional ``margin`` / ``weight``
-(finite floats, weight ≥ 0). Any other column is kept as metadata. Every loader
-validates every row; a bad row raises :class:`PreferenceDataError` naming the row
-index and the field, or, with ``on_error="skip"``, is skipped, recorded in
-``skipped`` and counted in a warning. Nothing is dropped silently.
+``{"role": str, "content": str}`` messages with a role in ``system``, ``user``,
+``assistant``, ``tool``) and optional ``margin`` / ``weight`` (finite floats,
+weight ≥ 0; a string holding a number, as a CSV column gives, is parsed). Any
+other column is kept as metadata. Every loader validates every row; a bad row
+raises :class:`PreferenceDataError` naming the row index and the field, or, with
+``on_error="skip"``, is skipped, recorded in ``skipped`` and counted in a warning.
+Nothing is dropped silently.
+
+Without a ``prompt`` column (TRL's *implicit prompt* layout), every loader takes
+each row's prompt from the shared start of ``chosen`` and ``rejected`` — the
+common character prefix of two strings, or the common leading messages of two
+conversations — as ``trl.maybe_extract_prompt`` does; see
+:func:`auq.data.validation.extract_prompt`.
+
+:func:`as_preference_dataset` turns any accepted input (a dataset, a
+``datasets.Dataset``, a ``pandas.DataFrame``, a list of row dicts or a dict of
+columns) into a :class:`PreferenceDataset`.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import numbers
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,19 +37,27 @@ import numpy as np
 from auq.data.chat import render_conversation, render_pair_texts, render_prompt
 from auq.data.validation import (
     NUMERIC_COLUMNS,
+    ON_ERROR,
     PreferenceDataError,
     RowError,
     require_columns,
     validate_rows,
 )
+from auq.utils.validation import check_choice
 
 __all__ = [
     "PreferenceDataError",
     "PreferenceDataset",
+    "as_preference_dataset",
     "render_conversation",
     "render_pair_texts",
     "symmetrize",
 ]
+
+ACCEPTED_TYPES = (
+    "an auq.PreferenceDataset, a datasets.Dataset, a pandas.DataFrame, "
+    "a list of row dicts or a dict of columns"
+)
 
 
 def _json_default(obj: Any) -> Any:
@@ -44,6 +66,54 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _read_jsonl(path: Path) -> tuple[list[Any], list[str]]:
+    """Rows of a JSONL file (a :class:`RowError` for an unreadable line) and where each is.
+
+    Encoding problems are errors of the file, not of a row, so they always raise.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"preference data file not found: {str(path)!r}") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path} is a directory, not a JSONL file of pairs") from None
+    if data.startswith(codecs.BOM_UTF8):
+        raise PreferenceDataError(
+            f"{path}, line 1: the file starts with a UTF-8 byte-order mark (BOM), which JSON "
+            "Lines does not allow; save it as UTF-8 without a BOM (e.g. `sed -i "
+            f"'1s/^\\xEF\\xBB\\xBF//' {path}`)"
+        )
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise PreferenceDataError(
+            f"{path}, line 1: the file is UTF-16 (it starts with a UTF-16 byte-order mark); "
+            f"JSON Lines must be UTF-8: re-encode it (e.g. `iconv -f utf-16 -t utf-8 {path}`)"
+        )
+    rows: list[Any] = []
+    where: list[str] = []
+    start = 0
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        line_start, start = start, start + len(raw) + 1
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PreferenceDataError(
+                f"{path}, line {lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte "
+                f"offset {line_start + e.start} of the file); save the file as UTF-8 (e.g. "
+                f"`iconv -f latin1 -t utf-8 {path}`)"
+            ) from None
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            obj = RowError(None, f"invalid JSON ({e.msg}, column {e.colno})")
+        if not isinstance(obj, dict | RowError):
+            obj = RowError(None, f"expected a JSON object, got {type(obj).__name__}")
+        rows.append(obj)
+        where.append(f"{path}, line {lineno}")
+    return rows, where
 
 
 class PreferenceDataset:
@@ -65,16 +135,25 @@ class PreferenceDataset:
     """
 
     def __init__(self, columns: Mapping[str, Sequence[Any]], *, on_error: str = "raise") -> None:
+        for c, values in columns.items():
+            if isinstance(values, str | bytes | Mapping) or not hasattr(values, "__len__"):
+                raise PreferenceDataError(
+                    f"column {c!r} must be a sequence of N values, got {type(values).__name__}; "
+                    "a dict is read as columns (name -> list of values): for one row pass "
+                    "a list of row dicts, [row]"
+                )
         names = [str(c) for c in columns]
         require_columns(names)
-        n = len(columns["prompt"])
-        for c, values in columns.items():
+        cols = {c: list(values) for c, values in columns.items()}  # positional, even for Series
+        n = len(next(iter(cols.values())))
+        for c, values in cols.items():
             if len(values) != n:
+                first = next(iter(cols))
                 raise PreferenceDataError(
-                    f"column {c!r} has {len(values)} values but 'prompt' has {n}"
+                    f"column {c!r} has {len(values)} values but {first!r} has {n}"
                 )
-        rows = [{c: columns[c][i] for c in columns} for i in range(n)]
-        self._set(**validate_rows(rows, on_error, stacklevel=4))
+        rows = [{c: cols[c][i] for c in cols} for i in range(n)]
+        self._set(**validate_rows(rows, on_error))
 
     def _set(self, cols: dict[str, Any], conversational: bool, skipped: list) -> None:
         self._cols, self._conversational, self._skipped = cols, conversational, skipped
@@ -85,9 +164,11 @@ class PreferenceDataset:
         return obj
 
     @classmethod
-    def _from_rows(cls, rows: list[Any], on_error: str) -> PreferenceDataset:
+    def _from_rows(
+        cls, rows: list[Any], on_error: str, where: Sequence[str] | None = None
+    ) -> PreferenceDataset:
         obj = cls.__new__(cls)
-        obj._set(**validate_rows(rows, on_error, stacklevel=4))
+        obj._set(**validate_rows(rows, on_error, where=where))
         return obj
 
     # -- loaders -------------------------------------------------------------------------
@@ -108,29 +189,26 @@ class PreferenceDataset:
 
     @classmethod
     def from_jsonl(cls, path: str | Path, *, on_error: str = "raise") -> PreferenceDataset:
-        """Read one JSON object per line; blank lines are ignored.
+        """Read one JSON object per line (UTF-8, no byte-order mark); blank lines are ignored.
 
-        Rows are numbered from 0 over the non-blank lines; a line that is not valid
-        JSON (or not a JSON object) is reported with its 1-based line number.
+        Rows are numbered from 0 over the non-blank lines, and every row error also
+        names the file and the 1-based line (``row 2 (prefs.jsonl, line 4): invalid
+        JSON ...``). A missing file raises ``FileNotFoundError`` naming the path; a
+        file that is not UTF-8 raises :class:`PreferenceDataError` naming the line and
+        the byte offset, whatever ``on_error`` says (a wrongly encoded file is not a
+        bad row).
         """
-        rows: list[Any] = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    obj = RowError(None, f"line {lineno}: invalid JSON ({e.msg})")
-                if not isinstance(obj, dict | RowError):
-                    kind = type(obj).__name__
-                    obj = RowError(None, f"line {lineno}: expected a JSON object, got {kind}")
-                rows.append(obj)
-        return cls._from_rows(rows, on_error)
+        check_choice("on_error", on_error, ON_ERROR)
+        rows, where = _read_jsonl(Path(path))
+        return cls._from_rows(rows, on_error, where)
 
     @classmethod
     def from_pandas(cls, df: Any, *, on_error: str = "raise") -> PreferenceDataset:
-        """Build from a ``pandas.DataFrame`` (pandas is only needed by the caller)."""
+        """Build from a ``pandas.DataFrame`` (pandas is only needed by the caller).
+
+        NaN / ``pd.NA`` in a text column is a missing value; in ``margin`` / ``weight``
+        it is an invalid value of that row.
+        """
         if not (hasattr(df, "columns") and hasattr(df, "to_dict")):
             raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
         require_columns([str(c) for c in df.columns])
@@ -138,7 +216,10 @@ class PreferenceDataset:
 
     @classmethod
     def from_hf(cls, dataset: Any, *, on_error: str = "raise") -> PreferenceDataset:
-        """Build from a Hugging Face ``datasets.Dataset`` (duck-typed: ``column_names``)."""
+        """Build from a Hugging Face ``datasets.Dataset`` (duck-typed: ``column_names``).
+
+        An ``IterableDataset`` is read to its end; a ``DatasetDict`` is refused (pick a split).
+        """
         names = getattr(dataset, "column_names", None)
         if isinstance(names, Mapping):
             raise TypeError(
@@ -336,6 +417,78 @@ class PreferenceDataset:
         skipped = f", skipped={self.n_skipped}" if self._skipped else ""
         cols = self.columns
         return f"PreferenceDataset(n_rows={len(self)}, format={kind!r}, columns={cols}{skipped})"
+
+
+# -- coercion ---------------------------------------------------------------------------
+
+
+def _hf_classes(names: tuple[str, ...]) -> tuple[type, ...]:
+    """Classes of ``datasets`` (only when the caller has imported it: no import cost here)."""
+    module = sys.modules.get("datasets")
+    return tuple(getattr(module, n) for n in names if hasattr(module, n)) if module else ()
+
+
+def as_preference_dataset(
+    value: Any, *, name: str = "dataset", on_error: str = "raise"
+) -> PreferenceDataset:
+    """Turn any accepted input into a :class:`PreferenceDataset`.
+
+    Parameters
+    ----------
+    value : PreferenceDataset, datasets.Dataset, pandas.DataFrame, list of dict or dict
+        A dataset (returned as is), a Hugging Face ``Dataset`` / ``IterableDataset``
+        (:meth:`PreferenceDataset.from_hf`), a ``pandas.DataFrame``
+        (:meth:`~PreferenceDataset.from_pandas`), a list (or tuple) of row dicts
+        (:meth:`~PreferenceDataset.from_records`) or a dict of columns
+        (:meth:`~PreferenceDataset.from_dict`).
+    name : str
+        What the value is called by the caller (``"eval_dataset"``), for messages.
+    on_error : {"raise", "skip"}
+        Passed to the loader; a :class:`PreferenceDataset` is returned unchanged.
+
+    Returns
+    -------
+    PreferenceDataset
+
+    Raises
+    ------
+    TypeError
+        For any other type, or a ``DatasetDict`` (the message lists its splits).
+    PreferenceDataError
+        For invalid rows; the message starts with ``name``.
+    """
+    check_choice("on_error", on_error, ON_ERROR)
+    if isinstance(value, PreferenceDataset):
+        return value
+    splits = _hf_classes(("DatasetDict", "IterableDatasetDict"))
+    if splits and isinstance(value, splits):
+        raise TypeError(
+            f"{name}: got a {type(value).__name__} with splits {list(value)}; pass one split, "
+            f"e.g. {name}=data[{next(iter(value), 'train')!r}]"
+        )
+    pandas = sys.modules.get("pandas")
+    if isinstance(value, _hf_classes(("Dataset", "IterableDataset"))):
+        loader = PreferenceDataset.from_hf
+    elif pandas is not None and isinstance(value, pandas.DataFrame):
+        loader = PreferenceDataset.from_pandas
+    elif isinstance(value, list | tuple) and (not value or isinstance(value[0], Mapping)):
+        loader = PreferenceDataset.from_records
+    elif isinstance(value, Mapping):
+        loader = PreferenceDataset.from_dict
+    else:
+        kind = type(value)
+        got = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
+        if isinstance(value, list | tuple):
+            got = f"a {got} of {type(value[0]).__name__}"
+        raise TypeError(f"{name}: expected {ACCEPTED_TYPES}; got {got}")
+    try:
+        return loader(value, on_error=on_error)
+    except PreferenceDataError as err:
+        raise PreferenceDataError(f"{name}: {err}") from None
 
 
 # -- symmetrisation and chat rendering ---------------------------------------------------

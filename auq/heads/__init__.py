@@ -9,16 +9,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from auq.heads.base import HEAD_REGISTRY, PreferenceHead, load_head, register_head, save_head
+from auq.heads.base import (
+    HEAD_REGISTRY,
+    PreferenceHead,
+    head_class,
+    load_head,
+    register_head,
+    save_head,
+)
 from auq.heads.ensemble import EnsembleHead
+from auq.heads.fitting import FitConfig, FitHistory
 from auq.heads.laplace import LaplaceHead
 
 __all__ = [
     "HEAD_REGISTRY",
     "EnsembleHead",
+    "FitConfig",
+    "FitHistory",
     "LaplaceHead",
     "PreferenceHead",
     "PyroHead",
+    "head_class",
     "load_head",
     "register_head",
     "save_head",

@@ -13,6 +13,11 @@ Diversity comes from independent initialisation, optional per-member bootstrap
 resampling (Poisson(1) pair weights per member) and optional anchoring: an L2
 pull of each member towards its own random initial weights (Pearce et al.,
 2020), which makes the ensemble an approximate posterior sample.
+
+The member loss (:meth:`EnsembleHead.member_loss`) is the one hook through which
+every training path — heads on cached features, a fine-tuned backbone, and the
+backbone-level ensembles — applies the bootstrap weights and the anchoring, so a
+member option means the same on every path.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from auq.heads.base import PreferenceHead, register_head
-from auq.heads.fitting import FitConfig, FitHistory, fit_pairs
-from auq.losses import bradley_terry_loss, member_preference_loss
+from auq.heads.fitting import FIT_OPTIONS, FitConfig, FitHistory, StepOutput, fit_pairs
+from auq.losses import member_preference_loss
 from auq.types import RewardPrediction
 from auq.utils.validation import check_positive_int
 
@@ -45,20 +50,39 @@ class EnsembleHead(PreferenceHead):
         K, the number of heads (≥ 1; ≥ 2 for a non-zero epistemic variance).
     hidden_size : int or None
         None for linear heads, else the width H of one hidden layer (GELU).
-    bootstrap : bool
+    bootstrap : bool or None
         Train each member on its own Poisson(1) bootstrap weighting of the pairs.
+        None (default): on when the members start identical (after
+        :meth:`init_from_linear`, e.g. from a reward checkpoint), off otherwise.
     anchor : float
         Strength of the L2 pull towards each member's initial weights (0 = off).
     init_scale : float
         Standard deviation of the initial output-layer weights on standardised
-        features (× 1/√d): the prior spread of the members. Directions the data do
-        not pin down keep it, which is what makes disagreement grow away from the
-        training data (on MiniLM features of the built-in set, OOD AUROC of the
-        margin std rose from 0.62 at 1.0 to 0.84 at 3.0, accuracy unchanged).
+        features (× 1/√fan-in): the prior spread of the members. Directions the
+        data do not pin down keep it, which is what makes disagreement grow away
+        from the training data (on MiniLM features of the built-in set, OOD AUROC
+        of the margin std rose from 0.62 at 1.0 to 0.84 at 3.0, accuracy unchanged).
+    hidden_lr_scale : float
+        MLP members only: the hidden layer (``w_in``, ``b_in``) trains at this
+        fraction of the learning rate. Adam moves every weight by about ``lr`` per
+        step, which at ``lr=1e-2`` is ~20% of a hidden weight's initial size per
+        step in every direction, including the ones the data do not pin down: the
+        random first layer (the members' prior) is overwritten within a few epochs,
+        and disagreement then tracks optimisation noise instead of distance from
+        the data. Measured on MiniLM features of the built-in set (K=20, H=128, 3
+        seeds): OOD AUROC of the margin std 0.61 → 0.89 and of the responses' std
+        0.69 → 0.99, ECE 0.085 → 0.034, accuracy unchanged, at the default 0.03.
     standardize : bool
         Standardise features with the training mean/scale.
     seed : int
         Seed of the initialisation and the bootstrap.
+
+    Attributes
+    ----------
+    w_out, b_out : Parameter, shape (K, d) or (K, H), and (K,)
+    w_in, b_in : Parameter or None, shape (K, d, H) and (K, H)
+    history_ : FitHistory
+        Per-epoch loss/accuracy of the last fit.
 
     Examples
     --------
@@ -69,6 +93,8 @@ class EnsembleHead(PreferenceHead):
 
     method = "heads"
     accepts_member_features = True
+    fit_options = frozenset(FIT_OPTIONS) - {"head_lr"}
+    fit_options_note = "head_lr applies only when a backbone trains with the heads"
 
     def __init__(
         self,
@@ -76,9 +102,10 @@ class EnsembleHead(PreferenceHead):
         *,
         n_members: int = 8,
         hidden_size: int | None = None,
-        bootstrap: bool = False,
+        bootstrap: bool | None = None,
         anchor: float = 0.0,
         init_scale: float = 3.0,
+        hidden_lr_scale: float = 0.03,
         standardize: bool = True,
         seed: int = 0,
     ) -> None:
@@ -86,38 +113,86 @@ class EnsembleHead(PreferenceHead):
         self.n_members = check_positive_int("n_members", n_members)
         if hidden_size is not None:
             check_positive_int("hidden_size", hidden_size)
-        if anchor < 0:
+        if bootstrap is not None and not isinstance(bootstrap, bool):
+            raise ValueError(f"bootstrap must be True, False or None (auto), got {bootstrap!r}")
+        if isinstance(anchor, bool) or not (isinstance(anchor, int | float) and anchor >= 0):
             raise ValueError(f"anchor must be >= 0, got {anchor!r}")
+        if isinstance(init_scale, bool) or not (
+            isinstance(init_scale, int | float) and init_scale > 0
+        ):
+            raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
+        if isinstance(hidden_lr_scale, bool) or not (
+            isinstance(hidden_lr_scale, int | float) and 0 < hidden_lr_scale <= 1
+        ):
+            raise ValueError(f"hidden_lr_scale must be in (0, 1], got {hidden_lr_scale!r}")
+        self.hidden_lr_scale = float(hidden_lr_scale)
         self.hidden_size = hidden_size
         self.bootstrap = bootstrap
         self.anchor = float(anchor)
         self.init_scale = float(init_scale)
-        self.seed = seed
-        self.history_: FitHistory | None = None
-
+        self.seed = int(seed)
         k, d = n_members, in_features
-        gen = torch.Generator().manual_seed(seed)
+        out_in = d if hidden_size is None else hidden_size
         if hidden_size is None:
-            out_in = d
-            self.w_in = None
-            self.b_in = None
+            self.w_in = self.b_in = None
         else:
-            out_in = hidden_size
-            self.w_in = nn.Parameter(torch.randn(k, d, hidden_size, generator=gen) / math.sqrt(d))
-            self.b_in = nn.Parameter(torch.zeros(k, hidden_size))
-        self.w_out = nn.Parameter(
-            torch.randn(k, out_in, generator=gen) * (init_scale / math.sqrt(out_in))
-        )
-        self.b_out = nn.Parameter(torch.zeros(k))
-        # Anchors: each member's initial weights (used only when anchor > 0).
-        for name, p in self._weights().items():
-            self.register_buffer(f"anchor_{name}", p.detach().clone())
+            self.w_in = nn.Parameter(torch.empty(k, d, hidden_size))
+            self.b_in = nn.Parameter(torch.empty(k, hidden_size))
+        self.w_out = nn.Parameter(torch.empty(k, out_in))
+        self.b_out = nn.Parameter(torch.empty(k))
+        for name, p in self._weights().items():  # each member's initial weights
+            self.register_buffer(f"anchor_{name}", torch.empty_like(p.detach()))
+        #: whether the members started as copies of one linear layer (init_from_linear),
+        #: and that layer in raw-feature units (a fresh start returns to it)
+        self.register_buffer("started_from_linear_", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("linear_weight_", torch.zeros(d))
+        self.register_buffer("linear_bias_", torch.zeros(()))
+        self._bootstrap_weights: Tensor | None = None
+        self._n_train_pairs = 0
+        self.reset_parameters()
 
     def _weights(self) -> dict[str, Tensor]:
         ws = {"w_out": self.w_out}
         if self.w_in is not None:
             ws["w_in"] = self.w_in
         return ws
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """A fresh start: seeded member weights and anchors, the head unfitted — or, for
+        members started from a linear layer (:meth:`init_from_linear`), that layer again."""
+        from_linear = bool(self.started_from_linear_)
+        gen = torch.Generator().manual_seed(self.seed)
+        k, d = self.n_members, self.in_features
+        if self.w_in is not None:
+            self.w_in.copy_(torch.randn(k, d, self.hidden_size, generator=gen) / math.sqrt(d))
+            self.b_in.zero_()
+        fan_in = self.w_out.shape[1]
+        self.w_out.copy_(
+            torch.randn(k, fan_in, generator=gen) * (self.init_scale / math.sqrt(fan_in))
+        )
+        self.b_out.zero_()
+        for name, p in self._weights().items():
+            getattr(self, f"anchor_{name}").copy_(p)
+        self.feature_mean_.zero_()
+        self.feature_scale_.fill_(1.0)
+        self.started_from_linear_.fill_(False)
+        self.fitted_.fill_(False)
+        self.n_pairs_.zero_()
+        if from_linear:
+            self.init_from_linear(self.linear_weight_.clone(), self.linear_bias_.clone())
+
+    @property
+    def n_samples(self) -> int:
+        """S = K: one sample row per member."""
+        return self.n_members
+
+    @property
+    def uses_bootstrap(self) -> bool:
+        """Whether fitting resamples pairs per member (``bootstrap``, resolved if None)."""
+        if self.bootstrap is None:
+            return bool(self.started_from_linear_)
+        return self.bootstrap
 
     # -- forward ------------------------------------------------------------------
     def forward(self, phi: Tensor) -> Tensor:
@@ -152,17 +227,35 @@ class EnsembleHead(PreferenceHead):
 
         Parameters
         ----------
-        phi : Tensor, shape (N, d)
+        phi : Tensor, shape (N, d) (or (K, N, d) per-member features)
 
         Returns
         -------
         RewardPrediction with ``samples`` of shape (K, N).
         """
         self._check_features("phi", phi)
+        self._check_fitted()
         with torch.no_grad():
             return RewardPrediction.from_samples(self(phi), method=self.method)
 
-    # -- training -----------------------------------------------------------------
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """AdamW groups of the head: the output layer at ``lr``, an MLP's hidden layer at
+        ``lr · hidden_lr_scale`` (see the class docstring); used on every training path."""
+        groups = [{"params": [self.w_out, self.b_out], "lr": lr}]
+        if self.w_in is not None:
+            groups.append({"params": [self.w_in, self.b_in], "lr": lr * self.hidden_lr_scale})
+        return groups
+
+    # -- the member loss: the one hook every training path uses ------------------------
+    def begin_training(self, n_pairs: int) -> None:
+        """Prepare the per-member bootstrap weights (K, B) for a fit on ``n_pairs`` pairs."""
+        self._n_train_pairs = n_pairs
+        self._bootstrap_weights = None
+        if self.uses_bootstrap:
+            gen = torch.Generator().manual_seed(self.seed + 1)
+            counts = torch.poisson(torch.ones(self.n_members, n_pairs), generator=gen)
+            self._bootstrap_weights = counts.to(self.w_out.device)
+
     def penalty(self) -> Tensor:
         """Anchoring penalty ``anchor · Σ_k ‖θ_k − θ_k⁰‖² / 2``, summed over members."""
         if self.anchor == 0:
@@ -173,104 +266,150 @@ class EnsembleHead(PreferenceHead):
         )
         return 0.5 * self.anchor * total
 
-    def fit(
+    def member_loss(
         self,
-        phi_chosen: Tensor,
-        phi_rejected: Tensor,
+        rewards_chosen: Tensor,
+        rewards_rejected: Tensor,
+        indices: Tensor,
         *,
-        margin: Tensor | None = None,
+        target_margin: Tensor | None = None,
         weight: Tensor | None = None,
-        eval_pairs: tuple[Tensor, Tensor] | None = None,
-        config: FitConfig | None = None,
-        **config_overrides: Any,
-    ) -> EnsembleHead:
-        """Train all K members jointly with the Bradley–Terry loss.
+        center_coef: float = 0.0,
+    ) -> StepOutput:
+        """The members' loss on a minibatch, with bootstrap weights and anchoring.
 
         Parameters
         ----------
-        phi_chosen, phi_rejected : Tensor, shape (B, d)
-            Features of the preferred and the other response of each pair.
-        margin : Tensor, shape (B,), optional
-            Required margin per pair (TRL's ``margin`` column).
-        weight : Tensor, shape (B,), optional
-            Non-negative pair weights.
-        eval_pairs : (Tensor (E, d), Tensor (E, d)), optional
-            Held-out pairs for per-epoch accuracy/loss and early stopping.
-        config : FitConfig, optional
-            Optimiser and loop settings; keyword overrides (``epochs=...``) apply on top.
+        rewards_chosen, rewards_rejected : Tensor, shape (K, b)
+            Member rewards of the minibatch's chosen and rejected responses.
+        indices : Tensor, shape (b,)
+            The minibatch's pair indices into the ``n_pairs`` of :meth:`begin_training`.
+        target_margin, weight : Tensor, shape (b,), optional
+        center_coef : float
 
         Returns
         -------
-        self
+        StepOutput
+            ``loss``: the mean over members of their (bootstrap-weighted) Bradley–Terry
+            loss; ``margins`` (b,); ``penalty``: anchoring / (B·K), or None when off.
+            (AdamW is invariant to the 1/K scale of each member's gradient.)
         """
-        config = (config or FitConfig()).replace(**config_overrides)
-        phi_chosen, phi_rejected, target, pair_weight = self._check_pairs(
-            phi_chosen, phi_rejected, margin, weight
-        )
-        n = phi_chosen.shape[-2]
-        self._restandardize(torch.cat([phi_chosen, phi_rejected], dim=-2))
-        if self.bootstrap:  # per-member Poisson(1) resampling weights, (K, B)
-            gen = torch.Generator().manual_seed(self.seed + 1)
-            pair_weight = pair_weight * torch.poisson(torch.ones(self.n_members, n), generator=gen)
+        pair_weight = weight
+        if self._bootstrap_weights is not None:
+            boot = self._bootstrap_weights[:, indices.to(self._bootstrap_weights.device)]
+            pair_weight = boot if weight is None else boot * weight  # (K, b)
+        loss = member_preference_loss(
+            rewards_chosen,
+            rewards_rejected,
+            target_margin=target_margin,
+            weight=pair_weight,
+            center_coef=center_coef,
+        ).mean()
+        penalty = None
+        if self.anchor:
+            penalty = self.penalty() / (max(self._n_train_pairs, 1) * self.n_members)
+        return StepOutput(loss, (rewards_chosen - rewards_rejected).mean(0), penalty)
 
-        def batch_loss(idx: Tensor) -> tuple[Tensor, Tensor]:
-            r = self(torch.cat([phi_chosen[..., idx, :], phi_rejected[..., idx, :]], dim=-2))
-            rc, rr = r[:, : len(idx)], r[:, len(idx) :]  # (K, b) each
-            member_loss = member_preference_loss(
-                rc,
-                rr,
-                target_margin=target[idx],
-                weight=pair_weight[..., idx],
+    # -- training -----------------------------------------------------------------
+    def _fit(
+        self,
+        phi_chosen: Tensor,
+        phi_rejected: Tensor,
+        target: Tensor,
+        weight: Tensor,
+        *,
+        eval_pairs: tuple[Tensor, Tensor] | None,
+        warm_start: bool,
+        options: dict[str, Any],
+    ) -> FitHistory:
+        """Train all K members jointly on the features."""
+        config = FitConfig().replace(**options)
+        if not warm_start:
+            self.reset_parameters()
+        n = phi_chosen.shape[-2]
+        self.refit_standardization(torch.cat([phi_chosen, phi_rejected], dim=-2))
+        self.begin_training(n)
+
+        def batch_loss(idx: Tensor) -> StepOutput:
+            idx_d = idx.to(phi_chosen.device)
+            r = self(torch.cat([phi_chosen[..., idx_d, :], phi_rejected[..., idx_d, :]], dim=-2))
+            b = len(idx)
+            return self.member_loss(
+                r[:, :b],
+                r[:, b:],
+                idx,
+                target_margin=target[idx_d],
+                weight=weight[idx_d],
                 center_coef=config.center_coef,
-            )  # (K,)
-            # mean over members (AdamW is invariant to the 1/K scale of each gradient)
-            loss = member_loss.mean() + self.penalty() / (n * self.n_members)
-            return loss, (rc - rr).mean(0)
+            )
 
         def evaluate() -> tuple[float, float]:
-            phi_c, phi_r = eval_pairs
-            with torch.no_grad():
-                m = self(phi_c) - self(phi_r)  # (K, E)
-                loss = bradley_terry_loss(m).mean()
-                acc = (m.mean(0) > 0).float().mean()
-            return float(loss), float(acc)
+            return self.evaluate_pairs(*eval_pairs)
 
-        self.train()
-        self.history_ = fit_pairs(
+        self.fitted_.fill_(True)  # evaluation inside the loop predicts with the live weights
+        history = fit_pairs(
             self,
             batch_loss,
             n_pairs=n,
             config=config,
+            param_groups=self.param_groups(config.lr),
             evaluate=None if eval_pairs is None else evaluate,
             description=f"EnsembleHead(K={self.n_members})",
         )
-        self.eval()
-        self.is_fitted.fill_(True)
-        return self
+        self._bootstrap_weights = None
+        self.align_member_offsets(torch.cat([phi_chosen, phi_rejected], dim=-2))
+        return history
 
     @torch.no_grad()
-    def _restandardize(self, phi: Tensor) -> None:
+    def align_member_offsets(self, phi: Tensor) -> None:
+        """Give the members one origin on the training data, without changing any margin.
+
+        Pairs cannot identify a member's constant reward offset (it cancels in every
+        margin), so members that train their own features (backbone-level ensembles)
+        end with arbitrary offsets whose spread would inflate every response's
+        epistemic variance alike. With member k's mean training reward ``m_k``,
+        ``b_k ← b_k − (m_k − mean_j m_j)`` removes that spread while keeping the
+        ensemble's mean reward of every response.
+
+        Parameters
+        ----------
+        phi : Tensor, shape (N, d) or (K, N, d)
+            Features of (a sample of) the training responses.
+        """
+        rewards = self(phi)  # (K, N)
+        if rewards.shape[0] != self.n_members or self.n_members < 2:
+            return  # one head shared by stochastic passes: nothing per member to align
+        means = rewards.mean(1)
+        self.b_out.sub_(means - means.mean())
+
+    @torch.no_grad()
+    def refit_standardization(self, phi: Tensor) -> None:
         """Refit the feature statistics without changing the function of a fitted head.
 
         With old (μ, s) and new (μ', s'), ``W·(φ−μ)/s + b = W'·(φ−μ')/s' + b'`` for
-        ``W' = W·s'/s`` and ``b' = b + W·(μ'−μ)/s``; anchors move the same way.
+        ``W' = W·s'/s`` and ``b' = b + W·(μ'−μ)/s``; anchors move the same way. A fresh
+        head's weights are defined on standardised features and are left as they are.
+
+        Parameters
+        ----------
+        phi : Tensor, shape (..., N, d)
         """
-        old_mean, old_scale = self.feature_mean.clone(), self.feature_scale.clone()
+        was_fitted = self.is_fitted
+        old_mean, old_scale = self.feature_mean_.clone(), self.feature_scale_.clone()
         self.fit_standardization(phi)
-        if not bool(self.is_fitted):  # fresh weights are defined on standardised features
+        if not was_fitted:
             return
-        ratio = self.feature_scale / old_scale  # (d,)
-        shift = (self.feature_mean - old_mean) / old_scale  # (d,)
+        ratio = self.feature_scale_ / old_scale  # (d,)
+        shift = (self.feature_mean_ - old_mean) / old_scale  # (d,)
         if self.w_in is None:
-            pairs = [(self.w_out, self.b_out, self.anchor_w_out)]
+            w, b, anchor = self.w_out, self.b_out, self.anchor_w_out
         else:
-            pairs = [(self.w_in, self.b_in, self.anchor_w_in)]
-        for w, b, anchor in pairs:
-            eq = "kd,d->k" if w.ndim == 2 else "kdh,d->kh"
-            b.add_(torch.einsum(eq, w, shift))
-            scale = ratio if w.ndim == 2 else ratio[:, None]
-            w.mul_(scale)
-            anchor.mul_(scale)
+            w, b, anchor = self.w_in, self.b_in, self.anchor_w_in
+        eq = "kd,d->k" if w.ndim == 2 else "kdh,d->kh"
+        b.add_(torch.einsum(eq, w, shift))
+        scale = ratio if w.ndim == 2 else ratio[:, None]
+        w.mul_(scale)
+        anchor.mul_(scale)
 
     # -- checkpoints ----------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -281,10 +420,12 @@ class EnsembleHead(PreferenceHead):
             "bootstrap": self.bootstrap,
             "anchor": self.anchor,
             "init_scale": self.init_scale,
+            "hidden_lr_scale": self.hidden_lr_scale,
             "standardize": self.standardize,
             "seed": self.seed,
         }
 
+    @torch.no_grad()
     def init_from_linear(self, weight: Tensor, bias: Tensor | None = None) -> EnsembleHead:
         """Start every member from one linear score head (e.g. a TRL reward checkpoint).
 
@@ -293,19 +434,29 @@ class EnsembleHead(PreferenceHead):
         weight : Tensor, shape (d,) or (1, d)
         bias : Tensor, shape () or (1,), optional
 
-        Scores then equal the checkpoint's exactly (a later ``fit`` re-standardises
-        without changing the function); diversity comes from ``bootstrap``/``anchor``.
+        Scores then equal the checkpoint's exactly (a later ``fit`` with
+        ``warm_start=True`` re-standardises without changing the function);
+        diversity comes from the bootstrap, on by default for such members.
         """
         if self.hidden_size is not None:
-            raise ValueError("init_from_linear needs linear members (hidden_size=None)")
-        with torch.no_grad():
-            self.w_out.copy_(weight.reshape(1, -1).expand(self.n_members, -1))
-            self.b_out.copy_(
-                (bias.reshape(()) if bias is not None else torch.zeros(())).expand(self.n_members)
+            raise ValueError(
+                "MLP members (hidden_size set) cannot start from a linear score layer; use "
+                "linear members (hidden_size=None) or do not start from the checkpoint's layer"
             )
-            self.feature_mean.zero_()
-            self.feature_scale.fill_(1.0)
-            for name, p in self._weights().items():
-                getattr(self, f"anchor_{name}").copy_(p)
-        self.is_fitted.fill_(True)
+        weight = torch.as_tensor(weight).reshape(-1)
+        if weight.shape[0] != self.in_features:
+            raise ValueError(
+                f"weight must have {self.in_features} entries (in_features), got {weight.shape[0]}"
+            )
+        self.w_out.copy_(weight.to(self.w_out).expand(self.n_members, -1))
+        b = torch.zeros(()) if bias is None else torch.as_tensor(bias).reshape(())
+        self.b_out.copy_(b.to(self.b_out).expand(self.n_members))
+        self.feature_mean_.zero_()
+        self.feature_scale_.fill_(1.0)
+        for name, p in self._weights().items():
+            getattr(self, f"anchor_{name}").copy_(p)
+        self.linear_weight_.copy_(weight.to(self.linear_weight_))
+        self.linear_bias_.copy_(b.to(self.linear_bias_))
+        self.started_from_linear_.fill_(True)
+        self.fitted_.fill_(True)
         return self

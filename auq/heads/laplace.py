@@ -1,19 +1,20 @@
 """Last-layer Laplace approximation for a linear Bradley–Terry head.
 
 Model
-    ``r(φ) = wᵀφ̃`` with standardised features ``φ̃`` and prior ``w ~ N(0, τ⁻¹ I)``.
+    ``r(φ) = wᵀφ̃`` with standardised features ``φ̃`` and prior ``w ~ N(w₀, τ⁻¹ I)``
+    (``w₀ = 0``, or a reward checkpoint's score layer after :meth:`LaplaceHead.init_from_linear`).
     A pair (chosen, rejected) enters only through ``z = φ̃_c − φ̃_r``: the margin is
     ``Δ = wᵀz`` and the likelihood ``P(chosen ≻ rejected) = σ(wᵀz − m)`` with an
     optional target margin ``m`` and pair weight ``v``.
 
 Posterior
-    The MAP ``ŵ`` maximises ``Σ_i v_i log σ(ŵᵀz_i − m_i) − ½ τ ‖ŵ‖²`` (damped
+    The MAP ``ŵ`` maximises ``Σ_i v_i log σ(ŵᵀz_i − m_i) − ½ τ ‖ŵ − w₀‖²`` (damped
     Newton / IRLS); the posterior is ``N(ŵ, Σ)`` with ``Σ = H⁻¹`` and
 
         ``H = τ I + Σ_i v_i p_i (1 − p_i) z_i z_iᵀ``,  ``p_i = σ(ŵᵀz_i − m_i)``.
 
 Evidence
-    ``log p(D | τ) ≈ log p(D | ŵ) − ½ τ ‖ŵ‖² + (d/2) log τ − ½ log det H``,
+    ``log p(D | τ) ≈ log p(D | ŵ) − ½ τ ‖ŵ − w₀‖² + (d/2) log τ − ½ log det H``,
     maximised over ``log τ`` with the MAP re-fitted for every τ (bounded Brent
     search, or the best of a user grid).
 
@@ -33,27 +34,31 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from auq.heads.base import PreferenceHead, register_head
-from auq.types import PreferencePrediction, RewardPrediction, Sampler
-from auq.uncertainty import probit_probability
+from auq.heads.fitting import FitHistory
+from auq.types import LinearGaussianSampler, PreferencePrediction, RewardPrediction
 from auq.utils.validation import check_positive_int
 
-__all__ = ["LaplaceHead"]
+__all__ = ["LaplaceHead", "newton_map"]
 
 
-def _bt_objective(w: Tensor, z: Tensor, target: Tensor, weight: Tensor, tau: float) -> Tensor:
-    """Negative log joint ``−Σ v_i log σ(wᵀz_i − m_i) + ½ τ ‖w‖²`` (a scalar)."""
-    return (weight * F.softplus(target - z @ w)).sum() + 0.5 * tau * w.dot(w)
+def _bt_objective(
+    w: Tensor, z: Tensor, target: Tensor, weight: Tensor, tau: float, prior_mean: Tensor
+) -> Tensor:
+    """Negative log joint ``−Σ v_i log σ(wᵀz_i − m_i) + ½ τ ‖w − w₀‖²`` (a scalar)."""
+    delta = w - prior_mean
+    return (weight * F.softplus(target - z @ w)).sum() + 0.5 * tau * delta.dot(delta)
 
 
-def _newton_map(
+def newton_map(
     z: Tensor,
     target: Tensor,
     weight: Tensor,
     tau: float,
     w0: Tensor,
     *,
-    max_iter: int,
-    tol: float,
+    prior_mean: Tensor | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-12,
 ) -> tuple[Tensor, Tensor, Tensor, float]:
     """MAP of the penalised Bradley–Terry likelihood by damped Newton (IRLS).
 
@@ -66,6 +71,8 @@ def _newton_map(
         Prior precision.
     w0 : Tensor, shape (d,)
         Starting point (warm start across τ).
+    prior_mean : Tensor, shape (d,), optional
+        Mean w₀ of the Gaussian prior (zeros by default).
 
     Returns
     -------
@@ -79,21 +86,22 @@ def _newton_map(
         Negative log joint at the MAP (see :func:`_bt_objective`).
     """
     eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+    m0 = torch.zeros_like(w0) if prior_mean is None else prior_mean.to(w0)
     w = w0.clone()
-    f = _bt_objective(w, z, target, weight, tau)
+    f = _bt_objective(w, z, target, weight, tau, m0)
     for it in range(max_iter + 1):
         p = torch.sigmoid(z @ w - target)  # (B,)
-        grad = tau * w - z.T @ (weight * (1 - p))  # (d,)
+        grad = tau * (w - m0) - z.T @ (weight * (1 - p))  # (d,)
         hessian = (z * (weight * p * (1 - p))[:, None]).T @ z + tau * eye  # (d, d)
         chol = torch.linalg.cholesky(hessian)
         step = torch.cholesky_solve(grad[:, None], chol)[:, 0]
         decrement = float(grad.dot(step))  # squared Newton decrement
         if decrement <= tol * max(1.0, abs(float(f))) or it == max_iter:
             break
-        t, f_new = 1.0, _bt_objective(w - step, z, target, weight, tau)
+        t, f_new = 1.0, _bt_objective(w - step, z, target, weight, tau, m0)
         while f_new > f - 0.25 * t * decrement and t > 1e-8:  # Armijo backtracking
             t *= 0.5
-            f_new = _bt_objective(w - t * step, z, target, weight, tau)
+            f_new = _bt_objective(w - t * step, z, target, weight, tau, m0)
         if f_new > f:  # no decrease at machine precision: converged
             break
         w, f = w - t * step, f_new
@@ -115,12 +123,12 @@ class LaplaceHead(PreferenceHead):
     in_features : int
         Feature dimension d.
     prior_precision : "marglik" or float
-        Prior precision τ of ``w ~ N(0, τ⁻¹ I)``. ``"marglik"`` maximises the Laplace
+        Prior precision τ of ``w ~ N(w₀, τ⁻¹ I)``. ``"marglik"`` maximises the Laplace
         evidence over ``log τ`` within ``prior_bounds`` (or over ``prior_grid``).
     prior_grid : sequence of float, optional
         Candidate values of τ; the one with the largest evidence is used (requires
         ``prior_precision="marglik"``). The evidence of each is kept in
-        ``grid_log_evidence``.
+        ``grid_log_evidence_``.
     prior_bounds : (float, float)
         Search interval for τ under ``"marglik"`` without a grid.
     bias : bool
@@ -130,7 +138,8 @@ class LaplaceHead(PreferenceHead):
         training rewards at zero. With ``standardize=True`` ``φ̄ = 0`` already, so
         the option only matters for raw features.
     n_samples : int
-        Default number of joint posterior draws for :meth:`sample_weights`.
+        S, the joint posterior draws behind ``.samples`` of every prediction
+        (and the default of :meth:`sample_weights`).
     max_iter : int
         Newton iterations per MAP fit.
     tol : float
@@ -148,11 +157,17 @@ class LaplaceHead(PreferenceHead):
         Lower Cholesky factor ``L`` of ``Σ`` (``Σ = L Lᵀ``).
     center_ : Tensor, shape (d,)
         ``φ̄`` when ``bias=True``, else zeros.
-    fitted_prior_precision, log_evidence : Tensor, shape ()
-    grid_log_evidence : Tensor, shape (len(prior_grid),)
+    offset_ : Tensor, shape ()
+        Constant added to every reward (the checkpoint's bias after
+        :meth:`init_from_linear`, else 0); it cancels in margins.
+    prior_precision_, log_evidence_ : Tensor, shape ()
+    grid_log_evidence_ : Tensor, shape (len(prior_grid),)
+    prior_weight_ : Tensor, shape (d,)
+        Prior mean ``w₀`` in raw-feature units (zeros unless :meth:`init_from_linear`).
     """
 
     method = "laplace"
+    fit_options_note = "the posterior is computed in closed form, not by gradient training"
 
     def __init__(
         self,
@@ -195,7 +210,7 @@ class LaplaceHead(PreferenceHead):
         self.prior_grid = prior_grid
         self.prior_bounds = (lo, hi)
         self.bias = bool(bias)
-        self.n_samples = check_positive_int("n_samples", n_samples)
+        self._n_samples = check_positive_int("n_samples", n_samples)
         self.max_iter = check_positive_int("max_iter", max_iter)
         self.tol = float(tol)
         d = in_features
@@ -203,9 +218,17 @@ class LaplaceHead(PreferenceHead):
         self.register_buffer("posterior_covariance_", torch.eye(d))
         self.register_buffer("posterior_scale_tril_", torch.eye(d))
         self.register_buffer("center_", torch.zeros(d))
-        self.register_buffer("fitted_prior_precision", torch.ones(()))
-        self.register_buffer("log_evidence", torch.zeros(()))
-        self.register_buffer("grid_log_evidence", torch.zeros(len(prior_grid or ())))
+        self.register_buffer("offset_", torch.zeros(()))
+        self.register_buffer("prior_weight_", torch.zeros(d))
+        self.register_buffer("prior_bias_", torch.zeros(()))
+        self.register_buffer("prior_precision_", torch.ones(()))
+        self.register_buffer("log_evidence_", torch.zeros(()))
+        self.register_buffer("grid_log_evidence_", torch.zeros(len(prior_grid or ())))
+
+    @property
+    def n_samples(self) -> int:
+        """S, the joint posterior draws behind ``.samples``."""
+        return self._n_samples
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -220,48 +243,74 @@ class LaplaceHead(PreferenceHead):
             "standardize": self.standardize,
         }
 
-    # -- fitting -------------------------------------------------------------------
-    def fit(
-        self,
-        phi_chosen: Tensor,
-        phi_rejected: Tensor,
-        *,
-        margin: Tensor | None = None,
-        weight: Tensor | None = None,
-    ) -> LaplaceHead:
-        """Fit the MAP, the Hessian and (optionally) τ on B pairs.
+    @torch.no_grad()
+    def init_from_linear(self, weight: Tensor, bias: Tensor | None = None) -> LaplaceHead:
+        """Centre the prior on a pretrained linear score layer (e.g. a reward checkpoint's).
+
+        The prior becomes ``w ~ N(w₀, τ⁻¹ I)`` with ``w₀`` the layer's weights (mapped to
+        standardised coordinates at fit time) and rewards are offset by its bias, so the
+        posterior mean moves away from the checkpoint only as far as the pairs ask. The
+        head still needs :meth:`fit` (the posterior needs data to set Σ and τ).
 
         Parameters
         ----------
-        phi_chosen, phi_rejected : Tensor, shape (B, d)
-        margin : Tensor, shape (B,), optional
-            Target margins m: the likelihood is ``σ(wᵀz − m)``.
-        weight : Tensor, shape (B,), optional
-            Non-negative pair weights (counts) multiplying each log-likelihood term.
+        weight : Tensor, shape (d,) or (1, d)
+        bias : Tensor, shape () or (1,), optional
+        """
+        weight = torch.as_tensor(weight).reshape(-1)
+        if weight.shape[0] != self.in_features:
+            raise ValueError(
+                f"weight must have {self.in_features} entries (in_features), got {weight.shape[0]}"
+            )
+        self.prior_weight_.copy_(weight.to(self.prior_weight_))
+        b = torch.zeros(()) if bias is None else torch.as_tensor(bias).reshape(())
+        self.prior_bias_.copy_(b.to(self.prior_bias_))
+        return self
 
-        Returns
-        -------
-        LaplaceHead
-            ``self``, fitted. Computation runs in float64; buffers keep their dtype.
+    # -- fitting -------------------------------------------------------------------
+    def _fit(
+        self,
+        phi_chosen: Tensor,
+        phi_rejected: Tensor,
+        target: Tensor,
+        weight: Tensor,
+        *,
+        eval_pairs: tuple[Tensor, Tensor] | None,
+        warm_start: bool,
+        options: dict[str, Any],
+    ) -> FitHistory | None:
+        """MAP, Hessian and (optionally) τ; computation in float64, buffers keep their dtype.
+
+        ``warm_start`` starts Newton at the current MAP (same answer, fewer iterations).
         """
         f64 = torch.float64
-        phi_c, phi_r, target, pair_weight = self._check_pairs(
-            phi_chosen, phi_rejected, margin, weight, f64
-        )
+        phi_c, phi_r = phi_chosen.to(f64), phi_rejected.to(f64)
+        target, pair_weight = target.to(f64), weight.to(f64)
+        start = self.weight_.to(f64).clone() if warm_start else None
         both = torch.cat([phi_c, phi_r])  # (2B, d)
         self.fit_standardization(both)
-        mean, scale = self.feature_mean.to(f64), self.feature_scale.to(f64)
+        mean, scale = self.feature_mean_.to(f64), self.feature_scale_.to(f64)
         z = (phi_c - phi_r) / scale  # (B, d); the feature mean cancels in differences
         if self.bias:
             self.center_.copy_(((both - mean) / scale).mean(0))
         else:
             self.center_.zero_()
+        w0 = self.prior_weight_.to(f64)
+        prior_mean = w0 * scale  # prior mean in standardised coordinates
+        # rewards at the prior mean equal the linear layer's: w₀ᵀφ + b₀
+        self.offset_.fill_(float(self.prior_bias_ + (w0 * mean).sum()))
+        state = {"w": prior_mean.clone() if start is None else start}
 
-        state = {"w": torch.zeros(self.in_features, dtype=f64, device=z.device)}
-
-        def evidence(tau: float) -> tuple[float, tuple[Tensor, Tensor, Tensor]]:
-            w, _, chol, obj = _newton_map(
-                z, target, pair_weight, tau, state["w"], max_iter=self.max_iter, tol=self.tol
+        def evidence(tau: float) -> tuple[float, tuple[Tensor, Tensor]]:
+            w, _, chol, obj = newton_map(
+                z,
+                target,
+                pair_weight,
+                tau,
+                state["w"],
+                prior_mean=prior_mean,
+                max_iter=self.max_iter,
+                tol=self.tol,
             )
             state["w"] = w  # warm start for the next τ
             return _log_evidence(w, chol, obj, tau), (w, chol)
@@ -270,7 +319,7 @@ class LaplaceHead(PreferenceHead):
             tau = float(self.prior_precision)
         elif self.prior_grid is not None:
             values = [evidence(t)[0] for t in self.prior_grid]
-            self.grid_log_evidence.copy_(torch.tensor(values))
+            self.grid_log_evidence_.copy_(torch.tensor(values))
             tau = self.prior_grid[max(range(len(values)), key=values.__getitem__)]
         else:
             from scipy.optimize import minimize_scalar
@@ -293,17 +342,11 @@ class LaplaceHead(PreferenceHead):
         self.posterior_covariance_ = cov.to(self.posterior_covariance_).contiguous()
         tril = torch.linalg.cholesky(cov)
         self.posterior_scale_tril_ = tril.to(self.posterior_scale_tril_).contiguous()
-        self.fitted_prior_precision = torch.tensor(tau).to(self.fitted_prior_precision)
-        self.log_evidence = torch.tensor(log_ev).to(self.log_evidence)
-        self.is_fitted.fill_(True)
-        return self
+        self.prior_precision_ = torch.tensor(tau).to(self.prior_precision_)
+        self.log_evidence_ = torch.tensor(log_ev).to(self.log_evidence_)
+        return None
 
     # -- fitted quantities -----------------------------------------------------------
-    @property
-    def prior_precision_(self) -> float:
-        """The prior precision τ used for the fitted posterior."""
-        return float(self.fitted_prior_precision)
-
     @property
     def posterior_precision_(self) -> Tensor:
         """``H = Σ⁻¹``, shape (d, d), recomputed in float64 from the stored factor."""
@@ -320,25 +363,20 @@ class LaplaceHead(PreferenceHead):
         """``xᵀΣx`` per row as ``‖xL‖²``: one (N, d) × (d, d) product, shape (N,)."""
         return (x @ self.posterior_scale_tril_).square().sum(-1)
 
+    def _sampler(self, x: Tensor, offset: Tensor | float = 0.0) -> LinearGaussianSampler:
+        """Joint draws ``x w_sᵀ + offset`` of N items with design ``x`` (N, d)."""
+        return LinearGaussianSampler(self.weight_, self.posterior_scale_tril_, x, offset=offset)
+
     def sample_weights(
         self, n: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """Joint posterior draws ``w_s = ŵ + L ε_s``, shape (n, d) (``n_samples`` by default)."""
         self._check_fitted()
         n = self.n_samples if n is None else n
-        return _draw_weights(self.weight_, self.posterior_scale_tril_, n, generator)
+        eye = torch.eye(self.in_features, dtype=self.weight_.dtype, device=self.weight_.device)
+        return LinearGaussianSampler(self.weight_, self.posterior_scale_tril_, eye)(n, generator)
 
     # -- prediction ------------------------------------------------------------------
-    def _closed_form(self, x: Tensor) -> tuple[Tensor, Tensor, Sampler]:
-        """Mean ``xŵ``, variance ``xᵀΣx`` (as ``‖xL‖²``, one (N, d) × (d, d) product)
-        and a joint sampler ``(n, generator) -> x w_sᵀ``, shape (n, N), for x of shape (N, d)."""
-        w, tril = self.weight_, self.posterior_scale_tril_
-
-        def sampler(n: int, generator: torch.Generator | None = None) -> Tensor:
-            return _draw_weights(w, tril, n, generator) @ x.T  # (n, d) @ (d, N)
-
-        return x @ w, self._quad_form(x), sampler
-
     def predict(self, phi: Tensor) -> RewardPrediction:
         """Rewards of N responses with closed-form epistemic variance.
 
@@ -349,11 +387,17 @@ class LaplaceHead(PreferenceHead):
         Returns
         -------
         RewardPrediction
-            ``mean = ŵᵀφ̃`` and ``var = φ̃ᵀΣφ̃``, shape (N,); samples are joint
-            posterior draws ``w_sᵀφ̃`` drawn on demand.
+            ``mean = ŵᵀφ̃ + offset`` and ``var = φ̃ᵀΣφ̃``, shape (N,); ``samples`` are
+            ``n_samples`` joint posterior draws ``w_sᵀφ̃ + offset``, drawn on demand.
         """
-        mean, var, sampler = self._closed_form(self._design(phi))
-        return RewardPrediction.from_moments(mean, var, sampler=sampler, method=self.method)
+        x = self._design(phi)
+        return RewardPrediction.from_moments(
+            x @ self.weight_ + self.offset_,
+            self._quad_form(x),
+            sampler=self._sampler(x, self.offset_),
+            n_samples=self.n_samples,
+            method=self.method,
+        )
 
     def uncertainty_score(self, phi: Tensor) -> Tensor:
         """AdvPO-style last-layer uncertainty ``sqrt(φ̃ᵀΣφ̃)``, shape (N,)."""
@@ -370,35 +414,25 @@ class LaplaceHead(PreferenceHead):
         -------
         PreferencePrediction
             ``margin_mean = ŵᵀz``, ``margin_var = zᵀΣz`` with ``z = φ̃_c − φ̃_r``
-            (covariance kept), ``prob = σ(μ / sqrt(1 + π σ² / 8))`` (probit), entropies
-            by Gauss–Hermite quadrature, and ``chosen``/``rejected`` rewards.
+            (covariance kept), the probit predictive logit, entropies by quadrature,
+            and ``chosen``/``rejected`` rewards; margin draws share the posterior
+            draws of the two sides.
         """
-        x_c, x_r = (
-            self._design(phi_chosen, "phi_chosen"),
-            self._design(phi_rejected, "phi_rejected"),
-        )
+        x_c = self._design(phi_chosen, "phi_chosen")
+        x_r = self._design(phi_rejected, "phi_rejected")
         if x_c.shape != x_r.shape:
             raise ValueError(
                 f"phi_chosen and phi_rejected must have the same shape, got "
                 f"{tuple(phi_chosen.shape)} and {tuple(phi_rejected.shape)}"
             )
-        sides = [self._closed_form(x) for x in (x_c, x_r)]
-        chosen, rejected = (
-            RewardPrediction.from_moments(m, v, sampler=s, method=self.method) for m, v, s in sides
-        )
-        mean, var, sampler = self._closed_form(x_c - x_r)  # z = φ̃_c − φ̃_r, shape (B, d)
+        chosen, rejected = self.predict(phi_chosen), self.predict(phi_rejected)
+        z = x_c - x_r  # (B, d)
         return PreferencePrediction.from_gaussian_margin(
-            mean,
-            var,
-            prob=probit_probability(mean, var),
-            sampler=sampler,
+            z @ self.weight_,
+            self._quad_form(z),
+            sampler=self._sampler(z),
+            n_samples=self.n_samples,
             chosen=chosen,
             rejected=rejected,
             method=self.method,
         )
-
-
-def _draw_weights(w: Tensor, tril: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
-    """``w + ε Lᵀ`` with ε ~ N(0, I) drawn on the CPU generator, shape (n, d)."""
-    eps = torch.randn((n, w.shape[0]), generator=generator, dtype=w.dtype)
-    return w + eps.to(w.device) @ tril.T

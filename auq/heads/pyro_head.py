@@ -1,7 +1,8 @@
 """Bayesian linear Bradley–Terry head in Pyro: SVI with autoguides, or NUTS.
 
 Model (:class:`BradleyTerryModel`)
-    ``w ~ N(0, s² I)`` (``s = prior_scale``), and for each pair i with
+    ``w ~ N(w₀, s² I)`` (``s = prior_scale``; ``w₀ = 0``, or a reward checkpoint's score
+    layer after :meth:`PyroHead.init_from_linear`), and for each pair i with
     ``z_i = φ̃_c − φ̃_r`` the observation "chosen wins" ``y_i = 1`` with
     ``y_i ~ Bernoulli(logits = wᵀz_i − m_i)``, its log-likelihood scaled by the pair
     weight ``v_i`` (``poutine.scale``; pairs with ``v_i = 0`` are masked). The likelihood
@@ -13,26 +14,23 @@ Inference
     learning rate decayed geometrically (×``lr_decay``) over ``num_steps``, full batch.
     ``inference="nuts"``: ``MCMC(NUTS(model))`` for small heads.
 
-After fitting, ``num_samples`` posterior weight draws live in the buffer
-``weight_samples`` (S, d), so predicting is one matmul ``W_s φ̃ᵀ`` and save/load is exact.
+After fitting, ``n_samples`` posterior weight draws live in the buffer
+``weight_samples_`` (S, d), so predicting is one matmul ``W_s φ̃ᵀ`` and save/load is exact.
 
 Global state
     Inference runs with ``pyro.settings.context(module_local_params=True)`` inside
     ``pyro.get_param_store().scope()``, so no parameter enters (or is read from) the
     global param store, and two heads never share parameters. ``pyro.set_rng_seed(seed)``
-    runs inside :func:`torch.random.fork_rng` with Python's and NumPy's RNG states
-    saved and restored: ``fit`` is deterministic on CPU and leaves every global RNG
-    as it found it.
+    runs inside :func:`auq.utils.seeding.seeded`, which saves and restores torch's,
+    Python's and NumPy's RNG states: ``fit`` is deterministic on CPU and leaves every
+    global RNG as it found it.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -48,8 +46,11 @@ from pyro.nn import PyroModule, PyroSample
 from torch import Tensor
 
 from auq.heads.base import PreferenceHead, register_head
-from auq.heads.laplace import _newton_map
+from auq.heads.fitting import FitHistory
+from auq.heads.laplace import newton_map
 from auq.types import RewardPrediction
+from auq.utils.console import progress_bar, show_progress
+from auq.utils.seeding import seeded
 from auq.utils.validation import check_choice, check_positive_int
 
 __all__ = ["BradleyTerryModel", "PyroHead"]
@@ -72,13 +73,13 @@ class BradleyTerryModel(PyroModule):
         Dimension d of ``w``.
     prior_scale : float
         Prior standard deviation s of every weight.
-    device : torch.device or str
-        Where the prior's tensors live.
+    prior_mean : Tensor, shape (d,)
+        Prior mean w₀ (on the device where the prior's tensors live).
     """
 
-    def __init__(self, in_features: int, prior_scale: float, device: torch.device | str = "cpu"):
+    def __init__(self, in_features: int, prior_scale: float, prior_mean: Tensor):
         super().__init__()
-        loc = torch.zeros(in_features, device=device)
+        loc = prior_mean.reshape(in_features)
         self.weight = PyroSample(dist.Normal(loc, torch.full_like(loc, prior_scale)).to_event(1))
 
     def forward(self, z: Tensor, target: Tensor, pair_weight: Tensor) -> Tensor:
@@ -110,20 +111,6 @@ class BradleyTerryModel(PyroModule):
         return logits
 
 
-@contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed Pyro/torch/NumPy/Python RNGs for a block and restore them afterwards."""
-    py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        try:
-            pyro.set_rng_seed(seed)
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)  # noqa: NPY002
-
-
 @register_head
 class PyroHead(PreferenceHead):
     """Bayesian linear Bradley–Terry head fitted with Pyro (SVI or NUTS).
@@ -140,37 +127,47 @@ class PyroHead(PreferenceHead):
     num_steps : int
         SVI optimisation steps (full batch).
     lr : float
-        Initial Adam learning rate.
+        Initial Adam learning rate of SVI.
     lr_decay : float
         Final learning rate as a fraction of ``lr`` (geometric decay over ``num_steps``).
     num_particles : int
         ELBO particles per step (vectorised).
-    num_samples : int
-        S, posterior weight draws stored after fitting (NUTS: draws kept after warm-up).
+    n_samples : int
+        S, posterior weight draws stored after fitting (NUTS: draws kept after warm-up);
+        the rows of ``.samples`` of every prediction.
     warmup_steps : int
         NUTS warm-up (adaptation) steps.
     init : {"map", "prior"}
         Where SVI's guide means / the NUTS chain start: ``"map"`` at the MAP (found by
         Newton on the same log joint, cheap and deterministic), ``"prior"`` at the
-        prior median (Pyro's default behaviour, slower to converge).
+        prior median (Pyro's default behaviour, slower to converge). ``fit(...,
+        warm_start=True)`` starts at the current posterior mean instead.
     rank : int, optional
         Rank of the ``"lowrank"`` guide (Pyro's default ``≈ sqrt(d)`` when None).
     seed : int
         Seed of every random choice in ``fit``.
-    progress : bool
-        Show a tqdm bar over SVI steps / Pyro's MCMC bar.
     standardize : bool
         Standardise features with the mean/scale of the training responses.
 
     Attributes
     ----------
-    weight_samples : Tensor, shape (S, d)
+    weight_samples_ : Tensor, shape (S, d)
         Posterior draws of ``w`` (standardised-feature coordinates).
-    loss_history_ : list of float
+    weight_ : Tensor, shape (d,)
+        Their mean (the posterior mean).
+    offset_ : Tensor, shape ()
+        Constant added to every reward (a checkpoint's bias after
+        :meth:`init_from_linear`, else 0).
+    prior_weight_ : Tensor, shape (d,)
+        Prior mean ``w₀`` in raw-feature units.
+    elbo_history_ : list of float
         Negative ELBO per SVI step of the last fit (not saved).
     """
 
     method = "pyro"
+    fit_options_note = (
+        "SVI/NUTS settings are constructor options (num_steps, lr, warmup_steps, ...)"
+    )
 
     def __init__(
         self,
@@ -183,12 +180,11 @@ class PyroHead(PreferenceHead):
         lr: float = 0.05,
         lr_decay: float = 0.01,
         num_particles: int = 1,
-        num_samples: int = 256,
+        n_samples: int = 256,
         warmup_steps: int = 200,
         init: str = "map",
         rank: int | None = None,
         seed: int = 0,
-        progress: bool = False,
         standardize: bool = True,
     ) -> None:
         super().__init__(in_features, standardize=standardize)
@@ -210,13 +206,20 @@ class PyroHead(PreferenceHead):
             raise ValueError(f"lr_decay must be a float in (0, 1], got {lr_decay!r}")
         self.lr_decay = float(lr_decay)
         self.num_particles = check_positive_int("num_particles", num_particles)
-        self.num_samples = check_positive_int("num_samples", num_samples)
+        self._n_samples = check_positive_int("n_samples", n_samples)
         self.warmup_steps = check_positive_int("warmup_steps", warmup_steps, minimum=0)
         self.rank = None if rank is None else check_positive_int("rank", rank)
         self.seed = int(seed)
-        self.progress = bool(progress)
-        self.loss_history_: list[float] = []
-        self.register_buffer("weight_samples", torch.zeros(num_samples, in_features))
+        self.elbo_history_: list[float] = []
+        self.register_buffer("weight_samples_", torch.zeros(n_samples, in_features))
+        self.register_buffer("offset_", torch.zeros(()))
+        self.register_buffer("prior_weight_", torch.zeros(in_features))
+        self.register_buffer("prior_bias_", torch.zeros(()))
+
+    @property
+    def n_samples(self) -> int:
+        """S, the stored posterior draws."""
+        return self._n_samples
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -228,74 +231,95 @@ class PyroHead(PreferenceHead):
             "lr": self.lr,
             "lr_decay": self.lr_decay,
             "num_particles": self.num_particles,
-            "num_samples": self.num_samples,
+            "n_samples": self.n_samples,
             "warmup_steps": self.warmup_steps,
             "init": self.init,
             "rank": self.rank,
             "seed": self.seed,
-            "progress": self.progress,
             "standardize": self.standardize,
         }
 
-    # -- fitting -------------------------------------------------------------------
-    def fit(
-        self,
-        phi_chosen: Tensor,
-        phi_rejected: Tensor,
-        *,
-        margin: Tensor | None = None,
-        weight: Tensor | None = None,
-    ) -> PyroHead:
-        """Infer the posterior over ``w`` from B pairs and store ``num_samples`` draws.
+    @torch.no_grad()
+    def init_from_linear(self, weight: Tensor, bias: Tensor | None = None) -> PyroHead:
+        """Centre the prior on a pretrained linear score layer (e.g. a reward checkpoint's).
+
+        Like :meth:`LaplaceHead.init_from_linear`: prior mean ``w₀`` = the layer's
+        weights, rewards offset by its bias; :meth:`fit` is still needed.
 
         Parameters
         ----------
-        phi_chosen, phi_rejected : Tensor, shape (B, d)
-        margin : Tensor, shape (B,), optional
-            Target margins m: the likelihood is ``Bernoulli(logits = wᵀz − m)``.
-        weight : Tensor, shape (B,), optional
-            Non-negative pair weights scaling each log-likelihood term.
-
-        Returns
-        -------
-        PyroHead
-            ``self``, fitted.
+        weight : Tensor, shape (d,) or (1, d)
+        bias : Tensor, shape () or (1,), optional
         """
-        dtype = self.weight_samples.dtype
-        phi_c, phi_r, target, pair_weight = self._check_pairs(
-            phi_chosen, phi_rejected, margin, weight, dtype
-        )
+        weight = torch.as_tensor(weight).reshape(-1)
+        if weight.shape[0] != self.in_features:
+            raise ValueError(
+                f"weight must have {self.in_features} entries (in_features), got {weight.shape[0]}"
+            )
+        self.prior_weight_.copy_(weight.to(self.prior_weight_))
+        b = torch.zeros(()) if bias is None else torch.as_tensor(bias).reshape(())
+        self.prior_bias_.copy_(b.to(self.prior_bias_))
+        return self
+
+    # -- fitting -------------------------------------------------------------------
+    def _fit(
+        self,
+        phi_chosen: Tensor,
+        phi_rejected: Tensor,
+        target: Tensor,
+        weight: Tensor,
+        *,
+        eval_pairs: tuple[Tensor, Tensor] | None,
+        warm_start: bool,
+        options: dict[str, Any],
+    ) -> FitHistory | None:
+        """Infer the posterior over ``w`` and store ``n_samples`` draws."""
+        progress = options.get("progress")
+        dtype = self.weight_samples_.dtype
+        start = self.weight_.clone() if warm_start else None
+        phi_c, phi_r = phi_chosen.to(dtype), phi_rejected.to(dtype)
         self.fit_standardization(torch.cat([phi_c, phi_r]))  # union of chosen and rejected
         z = self.standardize_features(phi_c) - self.standardize_features(phi_r)  # (B, d)
-        args = (z, target, pair_weight)
-        self.loss_history_ = []
+        prior_mean = self.prior_weight_ * self.feature_scale_  # standardised coordinates
+        self.offset_.fill_(
+            float(self.prior_bias_ + (self.prior_weight_ * self.feature_mean_).sum())
+        )
+        args = (z, target.to(dtype), weight.to(dtype))
+        self.elbo_history_ = []
         with (
             pyro.settings.context(module_local_params=True),
             pyro.get_param_store().scope(),
-            _seeded(self.seed, z.device),
+            seeded(self.seed, z.device),
         ):
-            model = BradleyTerryModel(self.in_features, self.prior_scale, z.device)
-            init_fn = self._init_strategy(args)
+            model = BradleyTerryModel(self.in_features, self.prior_scale, prior_mean)
+            init_fn = self._init_strategy(args, prior_mean, start)
             if self.inference == "svi":
-                samples = self._fit_svi(model, args, init_fn)
+                samples = self._fit_svi(model, args, init_fn, progress)
             else:
-                samples = self._fit_nuts(model, args, init_fn)
-        self.weight_samples = samples.detach().to(self.weight_samples)
-        self.is_fitted.fill_(True)
-        return self
+                samples = self._fit_nuts(model, args, init_fn, progress)
+        self.weight_samples_ = samples.detach().to(self.weight_samples_)
+        return None
 
-    def _init_strategy(self, args: tuple[Tensor, ...]) -> Callable:
-        """Init strategy: the MAP ``argmax_w log p(w, D)`` (``init="map"``) or the prior median."""
+    def _init_strategy(
+        self, args: tuple[Tensor, ...], prior_mean: Tensor, start: Tensor | None
+    ) -> Callable:
+        """Init strategy: ``start`` (warm start), the MAP (``init="map"``) or the prior median."""
+        if start is not None:
+            return init_to_value(values={"weight": start.to(args[0])})
         if self.init == "prior":
             return init_to_median
         z, target, pair_weight = (a.double() for a in args)
-        w0 = torch.zeros(self.in_features, dtype=z.dtype, device=z.device)
         tau = 1.0 / self.prior_scale**2
-        w_map = _newton_map(z, target, pair_weight, tau, w0, max_iter=100, tol=1e-10)[0]
+        m0 = prior_mean.double()
+        w_map = newton_map(z, target, pair_weight, tau, m0, prior_mean=m0, tol=1e-10)[0]
         return init_to_value(values={"weight": w_map.to(args[0].dtype)})
 
     def _fit_svi(
-        self, model: BradleyTerryModel, args: tuple[Tensor, ...], init_fn: Callable
+        self,
+        model: BradleyTerryModel,
+        args: tuple[Tensor, ...],
+        init_fn: Callable,
+        progress: bool | None,
     ) -> Tensor:
         """SVI with the chosen autoguide; returns guide draws, shape (S, d)."""
         kwargs = {"rank": self.rank} if self.guide == "lowrank" and self.rank else {}
@@ -310,50 +334,49 @@ class PyroHead(PreferenceHead):
         decay = torch.optim.lr_scheduler.ExponentialLR(
             optim, self.lr_decay ** (1.0 / self.num_steps)
         )
-        steps = range(self.num_steps)
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            steps = tqdm(steps, desc=f"SVI ({self.guide})")
         losses = []
-        for _ in steps:
+        for _ in progress_bar(range(self.num_steps), enabled=progress, desc=f"SVI ({self.guide})"):
             optim.zero_grad()
             loss = elbo(*args)
             loss.backward()
             optim.step()
             decay.step()
             losses.append(loss.detach())  # no host sync per step
-        self.loss_history_ = torch.stack(losses).tolist()
+        self.elbo_history_ = torch.stack(losses).tolist()
         with torch.no_grad():
             predictive = Predictive(
-                guide, num_samples=self.num_samples, parallel=True, return_sites=["weight"]
+                guide, num_samples=self.n_samples, parallel=True, return_sites=["weight"]
             )
-            return predictive(*args)["weight"].reshape(self.num_samples, self.in_features)
+            return predictive(*args)["weight"].reshape(self.n_samples, self.in_features)
 
     def _fit_nuts(
-        self, model: BradleyTerryModel, args: tuple[Tensor, ...], init_fn: Callable
+        self,
+        model: BradleyTerryModel,
+        args: tuple[Tensor, ...],
+        init_fn: Callable,
+        progress: bool | None,
     ) -> Tensor:
-        """NUTS; returns the ``num_samples`` draws after warm-up, shape (S, d)."""
+        """NUTS; returns the ``n_samples`` draws after warm-up, shape (S, d)."""
         mcmc = MCMC(
             NUTS(model, init_strategy=init_fn),
-            num_samples=self.num_samples,
+            num_samples=self.n_samples,
             warmup_steps=self.warmup_steps,
             num_chains=1,
-            disable_progbar=not self.progress,
+            disable_progbar=not show_progress(progress),
         )
         mcmc.run(*args)
-        return mcmc.get_samples()["weight"][: self.num_samples]
+        return mcmc.get_samples()["weight"][: self.n_samples]
 
     # -- fitted quantities -----------------------------------------------------------
     @property
-    def posterior_mean_(self) -> Tensor:
+    def weight_(self) -> Tensor:
         """Posterior mean of ``w`` over the stored draws, shape (d,)."""
-        return self.weight_samples.mean(0)
+        return self.weight_samples_.mean(0)
 
     @property
     def posterior_std_(self) -> Tensor:
         """Posterior standard deviation of ``w`` over the stored draws, shape (d,)."""
-        return self.weight_samples.std(0, unbiased=False)
+        return self.weight_samples_.std(0, unbiased=False)
 
     # -- prediction ------------------------------------------------------------------
     def predict(self, phi: Tensor) -> RewardPrediction:
@@ -366,12 +389,12 @@ class PyroHead(PreferenceHead):
         Returns
         -------
         RewardPrediction
-            ``samples = W_s φ̃ᵀ``, shape (S, N); mean and epistemic variance across S.
-            Pairs (:meth:`predict_pairs`, the base-class default) use the same draw
-            for both sides, so margin samples keep the chosen/rejected covariance.
+            ``samples = W_s φ̃ᵀ + offset``, shape (S, N); mean and epistemic variance
+            across S. Pairs (:meth:`predict_pairs`, the base-class default) use the same
+            draw for both sides, so margin samples keep the chosen/rejected covariance.
         """
         self._check_features("phi", phi)
         self._check_fitted()
-        w = self.weight_samples
+        w = self.weight_samples_
         x = self.standardize_features(phi.to(device=w.device, dtype=w.dtype))  # (N, d)
-        return RewardPrediction.from_samples(w @ x.T, method=self.method)  # (S, N)
+        return RewardPrediction.from_samples(w @ x.T + self.offset_, method=self.method)

@@ -17,11 +17,18 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from auq.backbone import Backbone, pool_hidden_states
 
-__all__ = ["MEMBER_REGISTRY", "MemberBackbone", "register_members"]
+__all__ = [
+    "MEMBER_REGISTRY",
+    "MemberBackbone",
+    "check_n_members",
+    "register_members",
+    "relative_noise",
+]
 
 MEMBER_REGISTRY: dict[str, type[MemberBackbone]] = {}
 
@@ -40,20 +47,29 @@ class MemberBackbone(Backbone):
     method : str
         The ``uq=`` name.
     n_members : int
-        K (for MC dropout: the number T of stochastic passes at inference).
+        K, for the ensembles (MC dropout has passes instead: ``n_passes``).
     """
 
     method: ClassVar[str] = ""
     n_members: int
 
+    @property
+    def n_samples(self) -> int:
+        """S, the feature sets an inference forward returns: K members (T passes for MC dropout)."""
+        return self.n_members
+
     @classmethod
     @abstractmethod
-    def build(cls, backbone: Backbone, *, n_members: int, **options: Any) -> MemberBackbone:
-        """Wrap a loaded plain backbone (its model and tokenizer are reused)."""
+    def build(cls, backbone: Backbone, **options: Any) -> MemberBackbone:
+        """Wrap a loaded plain backbone (its model and tokenizer are reused).
+
+        ``options`` hold the count (``n_members=K``, or ``n_passes=T`` for MC dropout)
+        and the method's own options.
+        """
 
     @abstractmethod
     def get_config(self) -> dict[str, Any]:
-        """JSON-able options that, with ``n_members``, rebuild the members via :meth:`build`."""
+        """JSON-able options that, with the count, rebuild the members via :meth:`build`."""
 
     @abstractmethod
     def _member_hidden(self, kwargs: dict[str, Tensor]) -> Tensor:
@@ -119,3 +135,24 @@ def check_n_members(value: object, *, what: str = "n_members") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 2:
         raise ValueError(f"{what} must be an integer >= 2 for an ensemble, got {value!r}")
     return value
+
+
+def relative_noise(tensor: Tensor, scale: float, generator: torch.Generator) -> Tensor:
+    """``scale · rms(tensor) · N(0, 1)`` noise of ``tensor``'s shape (drawn on the CPU, seeded).
+
+    Used to perturb member copies so that they do not start identical.
+
+    Parameters
+    ----------
+    tensor : Tensor, any shape
+    scale : float
+    generator : torch.Generator
+        A CPU generator.
+
+    Returns
+    -------
+    Tensor, the shape, dtype and device of ``tensor``.
+    """
+    rms = tensor.detach().float().pow(2).mean().sqrt().item()
+    noise = torch.randn(tensor.shape, generator=generator) * (scale * rms)
+    return noise.to(device=tensor.device, dtype=tensor.dtype)

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from auq.backbone import Backbone
-from auq.members.base import MemberBackbone, register_members
+from auq.members.base import MemberBackbone, check_n_members, register_members, relative_noise
+from auq.utils.io import CheckpointError
 
 __all__ = ["DeepMembers"]
 
@@ -27,12 +28,10 @@ _CONFIG_NAME = "deep_members.json"
 
 @torch.no_grad()
 def _perturb(model: nn.Module, scale: float, generator: torch.Generator) -> None:
-    """Add ``scale · rms(p) · N(0, 1)`` to every floating-point parameter (seeded, on CPU)."""
+    """Add :func:`~auq.members.base.relative_noise` to every floating-point parameter."""
     for p in model.parameters():
         if p.is_floating_point() and p.numel() > 0:
-            rms = p.detach().float().pow(2).mean().sqrt()
-            noise = torch.randn(p.shape, generator=generator) * (scale * rms.item())
-            p.add_(noise.to(device=p.device, dtype=p.dtype))
+            p.add_(relative_noise(p, scale, generator))
 
 
 @register_members
@@ -73,8 +72,7 @@ class DeepMembers(MemberBackbone):
             (seed ``seed + k``); 0 gives exact copies.
         seed : int
         """
-        if isinstance(n_members, bool) or not isinstance(n_members, int) or n_members < 2:
-            raise ValueError(f"n_members must be >= 2 for an ensemble, got {n_members!r}")
+        check_n_members(n_members)
         if not init_noise >= 0:
             raise ValueError(f"init_noise must be >= 0, got {init_noise!r}")
         member = cls._adopt(backbone)
@@ -122,11 +120,16 @@ class DeepMembers(MemberBackbone):
         for k in range(1, self.n_members):
             path = directory / f"member_{k}"
             if not (path / "config.json").is_file():
-                raise FileNotFoundError(
+                raise CheckpointError(
                     f"{path} holds no saved model; save_members writes member_1 … "
                     f"member_{self.n_members - 1} for n_members={self.n_members}"
                 )
-            model = type(self.model).from_pretrained(path, dtype=self.model.dtype)
+            try:
+                model = type(self.model).from_pretrained(
+                    path, dtype=self.model.dtype, use_safetensors=True
+                )
+            except (OSError, ValueError, RuntimeError) as err:
+                raise CheckpointError(f"{path}: cannot load member {k} ({err})") from None
             loaded.append(model.to(self.device).train(self.training))
         self.copies = nn.ModuleList(loaded)
         self.set_trainable()

@@ -36,16 +36,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from auq.backbone import Backbone
-from auq.members.base import MemberBackbone, register_members
+from auq.members.base import MemberBackbone, check_n_members, register_members
 from auq.utils.validation import check_choice, check_positive_int
 
-__all__ = ["LoraMembers"]
+__all__ = ["LoraMembers", "update_gram", "update_similarity"]
 
 #: module names left out of ``target_modules="all-linear"``: output layers and the
 #: BERT-style pooler, whose output is not part of the features
 EXCLUDED_FROM_ALL_LINEAR = ("lm_head", "score", "classifier", "pooler")
 INIT_CHOICES = (True, "gaussian")
 _CONFIG_NAME = "lora_members.json"
+
+
+def _check_number(name: str, value: object, *, above: float | None = None) -> float:
+    """A real number ≥ 0 (or > ``above``), else ``ValueError`` naming the option."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= above if above is not None else value < 0):
+        bound = f"> {above:g}" if above is not None else ">= 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
 
 
 def _linear_types() -> tuple[type, ...]:
@@ -128,6 +137,47 @@ class _StackedLora(nn.Module):
         return out + (scaling * torch.bmm(h, b_t)).to(out.dtype)
 
 
+def update_gram(lora_a: Tensor, lora_b: Tensor) -> Tensor:
+    """Gram matrix of the members' updates, G_ij = ⟨B_i A_i, B_j A_j⟩_F, shape (K, K).
+
+    Computed from r×r blocks without forming any update:
+    G_ij = Σ_ab (B_iᵀ B_j)_ab (A_i A_jᵀ)_ab.
+
+    Parameters
+    ----------
+    lora_a : Tensor, shape (K, r, in)
+    lora_b : Tensor, shape (K, out, r)
+
+    Returns
+    -------
+    Tensor, shape (K, K), float64.
+    """
+    k, r, _ = lora_a.shape
+    # float64: the r×r block products cancel when a reparametrisation mixes A's rows,
+    # and float32 would leave ~1e-5 of the exact invariance; the cost is (K·r)²(in + out)
+    a = lora_a.double().reshape(k * r, -1)  # rows (i, a)
+    b = lora_b.double().permute(1, 0, 2).reshape(lora_b.shape[1], k * r)  # columns (i, a)
+    blocks = (b.T @ b) * (a @ a.T)  # (K·r, K·r): (B_iᵀB_j)_ab · (A_iA_jᵀ)_ab
+    return blocks.view(k, r, k, r).sum(dim=(1, 3))
+
+
+def update_similarity(lora_a: Tensor, lora_b: Tensor) -> Tensor:
+    """Mean over member pairs i < j of cos²(B_i A_i, B_j A_j), shape () — in [0, 1].
+
+    A member whose update is 0 has cosine 0 with every other one.
+
+    Parameters
+    ----------
+    lora_a : Tensor, shape (K, r, in)
+    lora_b : Tensor, shape (K, out, r)
+    """
+    gram = update_gram(lora_a, lora_b)
+    norms = gram.diagonal().clamp_min(torch.finfo(gram.dtype).tiny).sqrt()
+    cos = gram / (norms[:, None] * norms[None, :])
+    i, j = torch.triu_indices(*gram.shape, offset=1, device=gram.device)
+    return cos[i, j].square().mean()
+
+
 @register_members
 class LoraMembers(MemberBackbone):
     """K LoRA adapters on one frozen base model, scored in one batched forward.
@@ -180,22 +230,19 @@ class LoraMembers(MemberBackbone):
             Standard deviation of the initial B entries (PEFT: 0, which makes
             all members identical at the start).
         diversity : float
-            Weight of :meth:`regularizer` (0 = off).
+            Weight of the scale-invariant diversity penalty :meth:`regularizer`
+            (0 = off).
         seed : int
             Seed of the initialisation.
         """
-        if isinstance(n_members, bool) or not isinstance(n_members, int) or n_members < 2:
-            raise ValueError(f"n_members must be >= 2 for an ensemble, got {n_members!r}")
+        check_n_members(n_members)
         check_positive_int("r", r)
-        if not lora_alpha > 0:
-            raise ValueError(f"lora_alpha must be > 0, got {lora_alpha!r}")
+        _check_number("lora_alpha", lora_alpha, above=0.0)
         if not 0 <= lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}")
         check_choice("init_lora_weights", init_lora_weights, INIT_CHOICES)
-        if not init_scale >= 0:
-            raise ValueError(f"init_scale must be >= 0, got {init_scale!r}")
-        if not diversity >= 0:
-            raise ValueError(f"diversity must be >= 0, got {diversity!r}")
+        _check_number("init_scale", init_scale)
+        _check_number("diversity", diversity)
         if not isinstance(target_modules, str):
             target_modules = list(target_modules)
         member = cls._adopt(backbone)
@@ -280,22 +327,40 @@ class LoraMembers(MemberBackbone):
 
     # -- training -----------------------------------------------------------------
     def regularizer(self) -> Tensor:
-        """Diversity term to add to the training loss (0 when ``diversity == 0``).
+        """Diversity penalty to add to the training loss (0 when ``diversity == 0``).
 
-        ``−diversity · mean over target layers of ‖[A_1; …; A_K]‖_*``: minus the
-        nuclear norm of the members' stacked A matrices (K·r, in), so that
-        minimising the loss spreads the members' subspaces apart (Zhai et al.,
-        2023, "Uncertainty-penalized RLHF with diverse reward LoRA ensembles").
-        Costs one SVD of a (K·r, in) matrix per target layer.
+        ``diversity · mean over target layers of mean over member pairs i < j of
+        cos²(ΔW_i, ΔW_j)``, where ΔW_k = B_k A_k is member k's weight update and
+        cos the cosine similarity of the flattened updates:
+        ⟨ΔW_i, ΔW_j⟩_F / (‖ΔW_i‖_F ‖ΔW_j‖_F). It lies in [0, diversity]: 0 when
+        every pair of updates is orthogonal, ``diversity`` when all are
+        collinear; minimising it spreads the members over different update
+        directions, the aim of Zhai et al. (2023, "Uncertainty-penalized RLHF
+        with diverse reward LoRA ensembles"), who maximise the nuclear norm of
+        the stacked A matrices instead.
+
+        It depends on the updates ΔW_k only, so it is **scale-invariant**: any
+        reparametrisation that keeps the members' functions (A_k → G A_k,
+        B_k → B_k G⁻¹ for an invertible r×r G, e.g. A ×c and B ×1/c) leaves it
+        unchanged, and so does scaling a member's update by any c ≠ 0 — it
+        cannot be lowered by inflating the adapters. (Being scale-invariant, its
+        gradient grows like 1/‖ΔW‖ for tiny updates; it is exactly 0, with a zero
+        gradient, for members whose B is 0.)
+
+        Cost per target layer: the K×K Gram matrix of the updates from r×r
+        blocks, ⟨B_i A_i, B_j A_j⟩_F = Σ (B_iᵀ B_j) ⊙ (A_i A_jᵀ), i.e. two
+        (K·r)×(K·r) products in float64, O((K·r)² (in + out)), never a full
+        out×in update.
 
         Returns
         -------
-        Tensor, shape (), on the adapters' device.
+        Tensor, shape (), on the adapters' device; differentiable in every
+        member's A and B.
         """
         if self.diversity == 0:
             return self.adapters[0].lora_A.new_zeros(())
-        norms = [torch.linalg.matrix_norm(a.lora_A.flatten(0, 1), ord="nuc") for a in self.adapters]
-        return -self.diversity * torch.stack(norms).mean()
+        sims = [update_similarity(a.lora_A, a.lora_B) for a in self.adapters]
+        return (self.diversity * torch.stack(sims).mean()).to(self.adapters[0].lora_A.dtype)
 
     # -- checkpoints --------------------------------------------------------------
     def save_members(self, directory: str | Path) -> None:

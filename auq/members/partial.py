@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from auq.backbone import Backbone
-from auq.members.base import MemberBackbone, register_members
+from auq.members.base import MemberBackbone, check_n_members, register_members, relative_noise
+from auq.utils.io import CheckpointError, load_safetensors
 
 __all__ = ["ARCHITECTURES", "PartialMembers"]
 
@@ -123,8 +124,7 @@ class PartialMembers(MemberBackbone):
             (seeded, different per member); 0 makes the copies identical.
         seed : int
         """
-        if isinstance(n_members, bool) or not isinstance(n_members, int) or n_members < 2:
-            raise ValueError(f"n_members must be >= 2 for an ensemble, got {n_members!r}")
+        check_n_members(n_members)
         if not init_noise >= 0:
             raise ValueError(f"init_noise must be >= 0, got {init_noise!r}")
         member = cls._adopt(backbone)
@@ -150,9 +150,8 @@ class PartialMembers(MemberBackbone):
             for j, layer in enumerate(member._top):
                 for name, p in layer.named_parameters():
                     copies = p.detach().float().cpu().expand(n_members, *p.shape).clone()
-                    if init_noise > 0:
-                        rms = copies[0].pow(2).mean().sqrt()
-                        copies += init_noise * rms * torch.randn(copies.shape, generator=gen)
+                    if init_noise > 0:  # each copy's noise is scaled by the layer's rms
+                        copies += relative_noise(copies, init_noise, gen)
                     names.append(f"{j}.{name}")
                     stacked.append(nn.Parameter(copies.to(device=p.device, dtype=p.dtype)))
         member.param_names = names
@@ -237,20 +236,25 @@ class PartialMembers(MemberBackbone):
         (out / _CONFIG_NAME).write_text(json.dumps(meta, indent=2))
 
     def load_members(self, directory: str | Path) -> None:
-        """Read what :meth:`save_members` wrote (same architecture, K and m)."""
-        from safetensors.torch import load_file
+        """Read what :meth:`save_members` wrote (same architecture, K and m).
 
+        Raises
+        ------
+        CheckpointError
+            Naming the file, when it is missing, damaged or does not match the config.
+        """
         path = Path(directory) / _WEIGHTS_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; write it with save_members")
-        tensors = load_file(str(path))
+        tensors = load_safetensors(path)
         missing = sorted(set(self.param_names) - set(tensors))
         if missing:
-            raise ValueError(f"{path} lacks {len(missing)} copied weights, e.g. {missing[0]!r}")
+            raise CheckpointError(
+                f"{path} lacks {len(missing)} copied weights, e.g. {missing[0]!r} "
+                f"(n_top_layers={self.n_top_layers})"
+            )
         with torch.no_grad():
             for key, p in zip(self.param_names, self.member_params, strict=True):
                 if tensors[key].shape != p.shape:
-                    raise ValueError(
+                    raise CheckpointError(
                         f"{path}: {key!r} has shape {tuple(tensors[key].shape)}, expected "
                         f"{tuple(p.shape)} (n_members={self.n_members})"
                     )

@@ -17,8 +17,14 @@ uncertainty quality
 intervals
     :func:`confident_rates`, :func:`bound_calibration`,
     :func:`preference_bound_calibration_error`
+preference pairs
+    :func:`symmetrize_probabilities`, :func:`calibration_inputs`,
+    :func:`uncertainty_values` (a named score of a ``PreferencePrediction``)
 everything at once
     :func:`calibration_report`
+
+Uncertainty arguments also take a :class:`~auq.types.PreferencePrediction` with
+``score=`` naming one of its scores (default ``"response_std"``).
 """
 
 from auq.metrics.calibration_error import (
@@ -41,6 +47,12 @@ from auq.metrics.intervals import (
     confident_rates,
     preference_bound_calibration_error,
 )
+from auq.metrics.preference import (
+    CalibrationInputs,
+    calibration_inputs,
+    symmetrize_probabilities,
+    uncertainty_values,
+)
 from auq.metrics.report import calibration_report
 from auq.metrics.scoring_rules import (
     accuracy,
@@ -50,12 +62,14 @@ from auq.metrics.scoring_rules import (
 )
 
 __all__ = [
+    "CalibrationInputs",
     "ReliabilityCurve",
     "accuracy",
     "adaptive_calibration_error",
     "aurc",
     "bound_calibration",
     "brier_score",
+    "calibration_inputs",
     "calibration_report",
     "confident_rates",
     "error_detection_aupr",
@@ -69,4 +83,6 @@ __all__ = [
     "preference_bound_calibration_error",
     "reliability_curve",
     "risk_coverage_curve",
+    "symmetrize_probabilities",
+    "uncertainty_values",
 ]

@@ -10,15 +10,16 @@
 
 With a frozen backbone (the default) features are computed once per data set and
 every epoch and every member reuses them; ``finetune="full"`` or ``"lora"``
-trains the backbone together with the heads.
+trains the backbone together with the heads. The head is reached only through
+its contract (:class:`~auq.heads.PreferenceHead`): no method is special-cased here.
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
+import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,14 +28,24 @@ import torch
 from torch import Tensor, nn
 
 from auq.backbone import Backbone
-from auq.data import PreferenceDataset, render_pair_texts
+from auq.data import PreferenceDataset, as_preference_dataset
 from auq.heads.base import PreferenceHead, load_head, save_head
-from auq.heads.ensemble import EnsembleHead
 from auq.heads.fitting import FitConfig, FitHistory
 from auq.members.base import MemberBackbone
-from auq.models.config import UQ_METHODS, RewardModelConfig, build_layers
+from auq.models.config import (
+    BAYESIAN_METHODS,
+    HEAD_CLASS,
+    MEMBER_METHODS,
+    UQ_METHODS,
+    RewardModelConfig,
+    build_layers,
+)
 from auq.models.finetune import finetune_pairs
-from auq.types import PreferencePrediction, RewardPrediction
+from auq.scoring.loading import LOAD_OPTIONS
+from auq.types import PreferencePrediction, RewardPrediction, TruncationStats
+from auq.utils.console import show_progress
+from auq.utils.io import CheckpointError, read_json, write_json
+from auq.utils.metadata import package_version
 
 if TYPE_CHECKING:
     from auq.calibration import BaseCalibrator
@@ -43,6 +54,7 @@ __all__ = ["UQ_METHODS", "RewardModel", "RewardModelConfig"]
 
 CONFIG_NAME = "auq_config.json"
 CALIBRATOR_NAME = "calibrator.json"
+DEFAULT_COUNT = 8  # K members / T passes unless given
 
 
 class RewardModel(nn.Module):
@@ -57,6 +69,8 @@ class RewardModel(nn.Module):
     config : RewardModelConfig
     history_ : FitHistory or None
         Per-epoch training/held-out loss and accuracy of the last ``fit``.
+    calibrator_ : BaseCalibrator or None
+        Attached by :meth:`calibrate`; applied by :meth:`predict` and :meth:`predict_proba`.
     """
 
     def __init__(self, backbone: Backbone, head: PreferenceHead, config: RewardModelConfig):
@@ -66,7 +80,8 @@ class RewardModel(nn.Module):
         self.config = config
         self.history_: FitHistory | None = None
         self.calibrator_: BaseCalibrator | None = None
-        if isinstance(backbone, MemberBackbone) and config.uq != "mc_dropout":
+        self._backbone_trained = False
+        if isinstance(backbone, MemberBackbone):
             backbone.set_trainable()  # exactly the member weights train
         elif config.finetune == "frozen":
             backbone.requires_grad_(False)
@@ -79,7 +94,8 @@ class RewardModel(nn.Module):
         name_or_path: str | Path,
         *,
         uq: str = "heads",
-        n_members: int = 8,
+        n_members: int | None = None,
+        n_passes: int | None = None,
         pooling: str = "auto",
         max_length: int = 256,
         finetune: str = "frozen",
@@ -89,9 +105,11 @@ class RewardModel(nn.Module):
         head_options: dict[str, Any] | None = None,
         member_options: dict[str, Any] | None = None,
         lora_options: dict[str, Any] | None = None,
-        dtype: torch.dtype | None = None,
+        init_from_checkpoint: bool = True,
+        dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
         seed: int = 0,
+        **loading: Any,
     ) -> RewardModel:
         """A fresh reward model on any Hugging Face backbone (name or local path).
 
@@ -99,23 +117,24 @@ class RewardModel(nn.Module):
         ----------
         name_or_path : str or Path
             An ``AutoModel`` checkpoint (encoder or decoder), or a TRL reward
-            checkpoint (``AutoModelForSequenceClassification``, ``num_labels=1``)
-            whose score layer then initialises every head member.
+            checkpoint (``AutoModelForSequenceClassification``, ``num_labels=1``).
         uq : {"heads", "lora", "partial", "deep", "mc_dropout", "laplace", "pyro"}
             Uncertainty method (see the README's method table).
-        n_members : int
-            Ensemble size K (``"mc_dropout"``: stochastic passes T; ignored by
-            ``"laplace"`` / ``"pyro"``, which draw posterior samples).
+        n_members : int, optional
+            Ensemble size K (default 8) of ``"heads"``, ``"lora"``, ``"partial"``,
+            ``"deep"``. Refused for ``"laplace"`` / ``"pyro"`` (they draw
+            ``head_options={"n_samples": S}`` posterior samples) and ``"mc_dropout"``.
+        n_passes : int, optional
+            T stochastic passes of ``"mc_dropout"`` (default 8); refused otherwise.
         pooling : {"auto", "last", "mean", "cls"}
         max_length : int
-            Longest tokenised (prompt, response); see :mod:`auq.scoring.batching`.
+            Longest tokenised (prompt, response), checked against the backbone's
+            position limit; see :mod:`auq.scoring`.
         finetune : {"frozen", "full", "lora"}
             For ``uq="heads"`` and ``"mc_dropout"``: keep the backbone frozen
             (features cached), train it fully, or train PEFT LoRA adapters on it.
         hidden_size, bootstrap, anchor
-            Shortcuts for the ensemble heads' options (:class:`auq.heads.EnsembleHead`);
-            ``bootstrap`` defaults to True for reward checkpoints (whose members
-            start identical).
+            Shortcuts for the ensemble heads' options (:class:`auq.heads.EnsembleHead`).
         head_options : dict, optional
             Further head options, e.g. ``{"prior_precision": "marglik"}`` for
             ``"laplace"`` or ``{"inference": "nuts"}`` for ``"pyro"``.
@@ -124,146 +143,182 @@ class RewardModel(nn.Module):
             ``{"n_top_layers": 2}`` for ``"partial"``, ``{"rate": 0.1}`` for ``"mc_dropout"``.
         lora_options : dict, optional
             PEFT ``LoraConfig`` options for ``finetune="lora"`` (default r=8, alpha=16).
-        dtype : torch.dtype, optional
-            Backbone weight dtype (heads compute in float32).
+        init_from_checkpoint : bool
+            For a reward checkpoint: start the head from its score layer (members as
+            copies, scored exactly like the checkpoint until fitted; Bayesian heads
+            with their prior centred on it).
+        dtype : torch.dtype or str, optional
+            Backbone weight dtype (float32 by default); heads compute in float32.
+            Saved with the model and restored by :meth:`from_pretrained`.
         device : str or torch.device, optional
         seed : int
+        **loading
+            Hugging Face loading options passed through: ``revision``,
+            ``trust_remote_code``, ``attn_implementation``, ``device_map``.
         """
-        head = dict(head_options or {})
+        _check_loading(loading)
         shortcuts = {"hidden_size": hidden_size, "bootstrap": bootstrap, "anchor": anchor}
         given = {k: v for k, v in shortcuts.items() if v is not None}
-        if given and uq in ("laplace", "pyro"):
+        if given and HEAD_CLASS.get(uq) != "EnsembleHead" and uq in UQ_METHODS:
             raise ValueError(
                 f"{', '.join(given)} apply to ensemble heads, not uq={uq!r}; "
                 "pass that head's options as head_options={...}"
             )
-        head.update(given)
-        if uq not in ("laplace", "pyro"):
-            head.setdefault("seed", seed)
+        if n_members is None and uq not in (*BAYESIAN_METHODS, "mc_dropout"):
+            n_members = DEFAULT_COUNT
+        if n_passes is None and uq == "mc_dropout":
+            n_passes = DEFAULT_COUNT
         lora = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
         config = RewardModelConfig(  # validates every option before anything is loaded
             backbone=str(name_or_path),
             uq=uq,
             n_members=n_members,
+            n_passes=n_passes,
             pooling=pooling,
             max_length=max_length,
             finetune=finetune,
-            head=head,
+            head={**(head_options or {}), **given},
             members=dict(member_options or {}),
-            lora={**lora, **(lora_options or {})} if finetune == "lora" else {},
+            lora={**lora, **(lora_options or {})}
+            if finetune == "lora"
+            else dict(lora_options or {}),
             seed=seed,
+            dtype=_dtype_name(dtype),
+            init_from_checkpoint=bool(init_from_checkpoint),
         )
         backbone = Backbone.from_pretrained(
-            name_or_path, pooling=pooling, max_length=max_length, dtype=dtype
+            name_or_path,
+            pooling=pooling,
+            max_length=max_length,
+            dtype=_torch_dtype(config.dtype),
+            **loading,
         )
-        if backbone.is_reward_checkpoint and uq == "heads":
-            config.head.setdefault("bootstrap", True)
-        backbone, head_module = build_layers(config, backbone)
-        if backbone.is_reward_checkpoint and uq == "heads" and not config.head.get("hidden_size"):
+        config.dtype = _dtype_name(next(backbone.model.parameters()).dtype)
+        backbone, head = build_layers(config, backbone)
+        if backbone.is_reward_checkpoint and config.init_from_checkpoint:
             layer = backbone.score_layer
-            head_module.init_from_linear(layer.weight.detach().float(), _bias(layer))
-        model = cls(backbone, head_module, config)
+            bias = None if layer.bias is None else layer.bias.detach().float()
+            try:
+                head.init_from_linear(layer.weight.detach().float(), bias)
+            except ValueError as err:
+                raise ValueError(
+                    f"{err}; or pass init_from_checkpoint=False to train the head afresh on "
+                    "the checkpoint's features"
+                ) from None
+        model = cls(backbone, head, config)
         return model.to(device) if device is not None else model
 
     # -- inputs ---------------------------------------------------------------------
     def _tokenize(self, prompts: Sequence, responses: Sequence):
-        """Render conversational rows with the chat template, then tokenise."""
-        tok = self.backbone.tokenizer
-        conversational = any(not isinstance(x, str) for x in (*prompts, *responses))
-        if conversational:
-            texts = [render_pair_texts(p, r, tok) for p, r in zip(prompts, responses, strict=True)]
-            prompts, responses = [t[0] for t in texts], [t[1] for t in texts]
-        return self.backbone.tokenize(
-            list(prompts), list(responses), add_special_tokens=not conversational
-        )
+        tokens = self.backbone.tokenize(list(prompts), list(responses))
+        _warn_truncation(tokens.stats, self.config.max_length)
+        return tokens
 
     def _pair_tokens(self, dataset: PreferenceDataset):
-        _require_dataset(dataset)
         n = len(dataset)
         tokens = self._tokenize(
             list(dataset.prompts) * 2, list(dataset.chosen) + list(dataset.rejected)
         )
         return tokens, n
 
-    def features(
-        self, dataset: PreferenceDataset, *, progress: bool = False
-    ) -> tuple[Tensor, Tensor]:
-        """Features of the chosen and rejected responses, each (B, d) — (K, B, d) for members."""
+    def features(self, dataset: Any, *, progress: bool | None = None) -> tuple[Tensor, Tensor]:
+        """Features of the chosen and rejected responses, each (B, d) — (K, B, d) for members.
+
+        Parameters
+        ----------
+        dataset : PreferenceDataset, datasets.Dataset, pandas.DataFrame or list of rows
+        progress : bool or None
+        """
+        dataset = as_preference_dataset(dataset)
         tokens, n = self._pair_tokens(dataset)
-        phi = self.backbone.encode(tokens, progress=progress)
+        phi = self.backbone.encode(tokens, progress=show_progress(progress))
         return phi[..., :n, :], phi[..., n:, :]
 
     # -- training -------------------------------------------------------------------
+    @property
+    def trains_backbone(self) -> bool:
+        """Whether ``fit`` runs the backbone in every step (members or fine-tuning)."""
+        return self.config.uq in MEMBER_METHODS or self.config.finetune != "frozen"
+
     def fit(
         self,
-        train_dataset: PreferenceDataset,
-        eval_dataset: PreferenceDataset | None = None,
+        train_dataset: Any,
+        eval_dataset: Any = None,
         *,
-        epochs: int | None = None,
-        batch_size: int | None = None,
-        lr: float | None = None,
-        progress: bool = True,
+        warm_start: bool = False,
+        progress: bool | None = None,
         **options: Any,
     ) -> RewardModel:
         """Train the uncertainty layer (and the backbone unless frozen) on preference pairs.
 
         Parameters
         ----------
-        train_dataset : PreferenceDataset
-            B pairs; its ``margin`` and ``weight`` columns are used when present.
-        eval_dataset : PreferenceDataset, optional
+        train_dataset : PreferenceDataset, datasets.Dataset, pandas.DataFrame or list of rows
+            B pairs in TRL's columns; ``margin`` and ``weight`` columns are used when present.
+        eval_dataset : same types, optional
             Held-out pairs for per-epoch loss/accuracy and early stopping.
-        epochs, batch_size, lr : optional
-            Overrides of :class:`auq.heads.fitting.FitConfig` (defaults depend on ``finetune``).
-        progress : bool
-            Show progress bars.
+        warm_start : bool
+            scikit-learn's semantics: False (default) starts from scratch — a fresh
+            head (or the checkpoint's score layer); True continues from the current
+            fit. A model whose backbone has trained cannot start from scratch in
+            place (its pretrained weights are gone): a second ``fit`` then needs
+            ``warm_start=True``, or a new model from :meth:`from_backbone`.
+        progress : bool or None
+            Progress bars; None shows them only on a terminal or in a notebook.
         **options
-            Other :class:`~auq.heads.fitting.FitConfig` fields (``weight_decay``,
-            ``center_coef``, ``patience``, ``seed``, ``max_grad_norm``).
+            Training options (:class:`~auq.heads.fitting.FitConfig` fields:
+            ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``center_coef``,
+            ``patience``, ``seed``, ``max_grad_norm``; ``head_lr`` when the backbone
+            trains). An option the method cannot use is refused with a message
+            (the Laplace and Pyro heads take none: their inference has its own options).
 
         Returns
         -------
         self
         """
-        _require_dataset(train_dataset, "train_dataset")
-        if eval_dataset is not None:
-            _require_dataset(eval_dataset, "eval_dataset")
-        given = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
-        config = self._default_fit_config().replace(
-            progress=progress, **{k: v for k, v in given.items() if v is not None}, **options
+        train = as_preference_dataset(train_dataset, name="train_dataset")
+        evaluation = (
+            None
+            if eval_dataset is None
+            else as_preference_dataset(eval_dataset, name="eval_dataset")
         )
-        margin = _column(train_dataset.margin)
-        weight = _column(train_dataset.weight)
+        margin, weight = _column(train.margin), _column(train.weight)
         if self.trains_backbone:
-            self.history_ = self._finetune(train_dataset, eval_dataset, margin, weight, config)
-            return self
-        phi_c, phi_r = self.features(train_dataset, progress=progress)
-        if isinstance(self.head, EnsembleHead):
-            eval_pairs = None if eval_dataset is None else self.features(eval_dataset)
-            self.head.fit(
-                phi_c, phi_r, margin=margin, weight=weight, eval_pairs=eval_pairs, config=config
+            self.history_ = self._finetune(
+                train, evaluation, margin, weight, warm_start, progress, options
             )
-            self.history_ = self.head.history_
-        else:  # closed-form / Bayesian heads have their own inference
-            self.head.fit(phi_c, phi_r, margin=margin, weight=weight)
-            self.history_ = None
+            return self
+        self.head.check_fit_options(options)  # before any feature is computed
+        phi_c, phi_r = self.features(train, progress=progress)
+        eval_pairs = None if evaluation is None else self.features(evaluation, progress=progress)
+        self.head.fit(
+            phi_c,
+            phi_r,
+            margin=margin,
+            weight=weight,
+            eval_pairs=eval_pairs,
+            warm_start=warm_start,
+            progress=progress,
+            **options,
+        )
+        self.history_ = self.head.history_
         return self
 
-    @property
-    def trains_backbone(self) -> bool:
-        """Whether ``fit`` trains backbone weights (members or fine-tuning) with the heads."""
-        return isinstance(self.backbone, MemberBackbone) or self.config.finetune != "frozen"
-
-    def _default_fit_config(self) -> FitConfig:
-        if not self.trains_backbone:
-            return FitConfig()
-        full = self.config.uq == "deep" or self.config.finetune == "full"
-        return FitConfig(epochs=3, batch_size=16, lr=2e-5 if full else 1e-4, head_lr=1e-3)
-
-    def _finetune(self, train, evaluation, margin, weight, config: FitConfig) -> FitHistory:
+    def _finetune(self, train, evaluation, margin, weight, warm_start, progress, options):
         """Train backbone and heads end to end on tokenised pairs."""
+        if self._backbone_trained and not warm_start:
+            raise RuntimeError(
+                "this reward model's backbone has already trained, so fit cannot start from "
+                "scratch in place; pass warm_start=True to continue training, or build a new "
+                "model with RewardModel.from_backbone(...)"
+            )
+        full = self.config.uq == "deep" or self.config.finetune == "full"
+        defaults = FitConfig(epochs=3, batch_size=16, lr=2e-5 if full else 1e-4, head_lr=1e-3)
+        config = defaults.replace(**options, progress=progress)
+        if not warm_start:
+            self.head.reset_parameters()
         tokens, n = self._pair_tokens(train)
-        return finetune_pairs(
+        history = finetune_pairs(
             self,
             tokens,
             n,
@@ -272,21 +327,55 @@ class RewardModel(nn.Module):
             weight=weight,
             config=config,
         )
+        self._backbone_trained = True
+        self.head.history_ = history
+        return history
 
     # -- inference --------------------------------------------------------------------
     @torch.no_grad()
     def predict(
-        self, dataset: PreferenceDataset, *, progress: bool = False
+        self, dataset: Any, *, calibrated: bool | None = None, progress: bool | None = None
     ) -> PreferencePrediction:
         """Preference predictions for every pair of ``dataset``.
+
+        Parameters
+        ----------
+        dataset : PreferenceDataset, datasets.Dataset, pandas.DataFrame or list of rows
+        calibrated : bool or None
+            Apply the attached calibrator (:meth:`calibrate`) to ``logit``/``prob``:
+            None (default) when one is attached, True requires one, False never.
+            ``pred.calibrator`` names the calibrator that was applied (None: the
+            model's own predictive).
+        progress : bool or None
 
         Returns
         -------
         PreferencePrediction
-            ``margin_samples`` (S, B) with S = K members; chosen/rejected rewards.
+            ``margin_samples`` (S, B) with S = K members / T passes / posterior draws;
+            chosen/rejected rewards; ``truncation`` counts.
         """
-        phi_c, phi_r = self.features(dataset, progress=progress)
-        return self.head.predict_pairs(phi_c, phi_r).cpu()
+        dataset = as_preference_dataset(dataset)
+        tokens, n = self._pair_tokens(dataset)
+        phi = self.backbone.encode(tokens, progress=show_progress(progress))
+        pred = self.head.predict_pairs(phi[..., :n, :], phi[..., n:, :]).cpu()
+        pred = dataclasses.replace(
+            pred,
+            method=self.config.uq,
+            chosen=_relabel(pred.chosen, self.config.uq),
+            rejected=_relabel(pred.rejected, self.config.uq),
+            truncation=tokens.stats,
+        )
+        return self._apply_calibrator(pred, calibrated)
+
+    def _apply_calibrator(self, pred: PreferencePrediction, calibrated: bool | None):
+        if calibrated is True and self.calibrator_ is None:
+            raise ValueError(
+                "calibrated=True needs a calibrator: call rm.calibrate(held_out_pairs) first"
+            )
+        if self.calibrator_ is None or calibrated is False:
+            return pred
+        logit = torch.as_tensor(self.calibrator_.predict_logit(pred), dtype=torch.float64)
+        return pred.calibrated(logit, type(self.calibrator_).__name__)
 
     @torch.no_grad()
     def score(
@@ -294,43 +383,38 @@ class RewardModel(nn.Module):
         prompts: str | Sequence,
         responses: str | Sequence,
         *,
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> RewardPrediction:
         """Rewards with uncertainty for N (prompt, response) pairs.
 
         Parameters
         ----------
         prompts : str or sequence of N prompts
-            A single prompt is broadcast to every response.
+            A single prompt (a str, or one message list) is broadcast to every response.
         responses : str or sequence of N responses
             Plain strings, or message lists for conversational models.
+        progress : bool or None
 
         Returns
         -------
         RewardPrediction
-            ``samples`` (S, N), ``mean`` (N,), ``var`` (N,).
+            ``samples`` (S, N), ``mean`` (N,), ``var`` (N,); ``truncation`` counts.
         """
-        if isinstance(responses, str):
-            responses = [responses]
-        if isinstance(prompts, str):
-            prompts = [prompts] * len(responses)
-        if len(prompts) != len(responses):
-            raise ValueError(
-                f"prompts and responses must have the same length, got {len(prompts)} "
-                f"and {len(responses)}"
-            )
-        phi = self.backbone.encode(self._tokenize(prompts, responses), progress=progress)
-        return self.head.predict(phi).cpu()
+        prompts, responses = _check_texts(prompts, responses)
+        tokens = self._tokenize(prompts, responses)
+        phi = self.backbone.encode(tokens, progress=show_progress(progress))
+        pred = self.head.predict(phi).cpu()
+        return dataclasses.replace(pred, method=self.config.uq, truncation=tokens.stats)
 
     # -- calibration --------------------------------------------------------------------
     def calibrate(
-        self, dataset: PreferenceDataset, *, method: str = "temperature", **options: Any
+        self, dataset: Any, *, method: str = "temperature", **options: Any
     ) -> BaseCalibrator:
         """Fit a calibrator of the preference probability on held-out pairs and attach it.
 
         Parameters
         ----------
-        dataset : PreferenceDataset
+        dataset : PreferenceDataset, datasets.Dataset, pandas.DataFrame or list of rows
             Held-out pairs (not the training pairs); labels are "chosen wins" and
             the calibrators symmetrise them internally.
         method : {"temperature", "platt", "isotonic", "beta"}
@@ -340,21 +424,19 @@ class RewardModel(nn.Module):
         Returns
         -------
         BaseCalibrator
-            Also stored as ``calibrator_``, used by :meth:`predict_proba` and saved
-            by :meth:`save_pretrained`.
+            Also stored as ``calibrator_``, applied by :meth:`predict` and
+            :meth:`predict_proba`, and saved by :meth:`save_pretrained`.
         """
         from auq.calibration import make_calibrator
 
-        calibrator = make_calibrator(method, **options).fit(self.predict(dataset))
+        calibrator = make_calibrator(method, **options)
+        calibrator.fit(self.predict(dataset, calibrated=False))
         self.calibrator_ = calibrator
         return calibrator
 
-    def predict_proba(self, dataset: PreferenceDataset) -> np.ndarray:
+    def predict_proba(self, dataset: Any) -> np.ndarray:
         """P(chosen ≻ rejected) per pair, calibrated when a calibrator is attached, shape (B,)."""
-        pred = self.predict(dataset)
-        if self.calibrator_ is None:
-            return pred.prob.numpy()
-        return self.calibrator_.predict_proba(pred)
+        return self.predict(dataset).prob.numpy()
 
     # -- checkpoints ------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | Path, *, save_backbone: bool = True) -> None:
@@ -369,11 +451,12 @@ class RewardModel(nn.Module):
             Backbone-level ensembles also write their members to ``members/``.
         """
         out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
-        config = asdict(self.config)
         model = self.backbone.model
-        if not save_backbone and any(p.requires_grad for p in model.parameters()):
+        if not save_backbone and (self._backbone_trained or self.config.finetune != "frozen"):
             raise ValueError("a trained backbone must be saved: use save_backbone=True")
+        out.mkdir(parents=True, exist_ok=True)
+        config = self.config.to_dict()
+        config["dtype"] = _dtype_name(next(model.parameters()).dtype)
         if save_backbone:
             if self.config.finetune == "lora":
                 # adapters folded into a copy (same function); loading adds fresh identity
@@ -382,8 +465,7 @@ class RewardModel(nn.Module):
             model.save_pretrained(out / "backbone", safe_serialization=True)
             self.backbone.tokenizer.save_pretrained(out / "backbone")
             config["backbone"] = "backbone"
-        config["auq_version"] = _version()
-        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        write_json(out / CONFIG_NAME, {**config, "auq_version": package_version()})
         save_head(self.head, out / "head")
         if isinstance(self.backbone, MemberBackbone):
             self.backbone.save_members(out / "members")
@@ -394,14 +476,38 @@ class RewardModel(nn.Module):
         """Write the attached calibrator as ``calibrator.json`` into a model directory."""
         if self.calibrator_ is None:
             raise ValueError("no calibrator attached; call rm.calibrate(held_out_pairs) first")
-        path = Path(directory) / CALIBRATOR_NAME
-        path.write_text(json.dumps(self.calibrator_.get_state(), indent=2))
+        write_json(Path(directory) / CALIBRATOR_NAME, self.calibrator_.get_state())
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, *, device: torch.device | str | None = None
+        cls,
+        directory: str | Path,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        **loading: Any,
     ) -> RewardModel:
-        """Load a model written by :meth:`save_pretrained` (no pickle anywhere)."""
+        """Load a model written by :meth:`save_pretrained` (safetensors and JSON only).
+
+        Parameters
+        ----------
+        directory : str or Path
+        device : str or torch.device, optional
+        dtype : torch.dtype or str, optional
+            Backbone weight dtype; default: the dtype the model was saved in.
+        **loading
+            Hugging Face loading options (``trust_remote_code``, ``attn_implementation``,
+            ``device_map``, ``revision``).
+
+        Raises
+        ------
+        FileNotFoundError
+            When ``directory`` holds no ``auq_config.json``.
+        CheckpointError
+            Naming the file, for a malformed or incomplete config, damaged weights,
+            or weights that do not match the config.
+        """
+        _check_loading(loading)
         directory = Path(directory)
         path = directory / CONFIG_NAME
         if not path.is_file():
@@ -409,52 +515,141 @@ class RewardModel(nn.Module):
                 f"{directory} has no {CONFIG_NAME}; to start from a Hugging Face model or a "
                 "TRL reward checkpoint use auq.RewardModel.from_backbone(name_or_path)"
             )
-        raw = json.loads(path.read_text())
+        raw = read_json(path, what="reward-model config", required=("backbone", "uq"))
         raw.pop("auq_version", None)
-        config = RewardModelConfig(**raw)
+        try:
+            config = RewardModelConfig.from_dict(raw)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: {err}") from None
+        if dtype is not None:
+            config.dtype = _dtype_name(dtype)
         source = config.backbone
         if not Path(source).is_absolute() and (directory / source).is_dir():
             source = str(directory / source)
         backbone = Backbone.from_pretrained(
-            source, pooling=config.pooling, max_length=config.max_length
+            source,
+            pooling=config.pooling,
+            max_length=config.max_length,
+            dtype=_torch_dtype(config.dtype),
+            **loading,
         )
-        backbone, _ = build_layers(config, backbone)
+        backbone, fresh = build_layers(config, backbone)
         if isinstance(backbone, MemberBackbone):
             backbone.load_members(directory / "members")
         head = load_head(directory / "head")
+        if head.get_config() != fresh.get_config():
+            raise CheckpointError(
+                f"{directory / 'head' / 'head_config.json'}: the head "
+                f"{type(head).__name__}({head.get_config()}) does not match {CONFIG_NAME}, "
+                f"which implies {type(fresh).__name__}({fresh.get_config()})"
+            )
         model = cls(backbone, head, config).eval()
-        if (directory / CALIBRATOR_NAME).is_file():
+        model._backbone_trained = model.trains_backbone and head.is_fitted
+        calibrator_path = directory / CALIBRATOR_NAME
+        if calibrator_path.is_file():
             from auq.calibration import calibrator_from_state
 
-            state = json.loads((directory / CALIBRATOR_NAME).read_text())
-            model.calibrator_ = calibrator_from_state(state)
+            state = read_json(calibrator_path, what="calibrator state")
+            try:
+                model.calibrator_ = calibrator_from_state(state)
+            except (KeyError, TypeError, ValueError) as err:
+                raise CheckpointError(f"{calibrator_path}: {err}") from None
         return model.to(device) if device is not None else model
 
-    def extra_repr(self) -> str:
+    # -- display ---------------------------------------------------------------------
+    def __repr__(self) -> str:
         c = self.config
+        count = (
+            f"n_passes={c.n_passes}"
+            if c.uq == "mc_dropout"
+            else f"n_members={c.n_members}"
+            if c.n_members is not None
+            else f"n_samples={self.head.n_samples}"
+        )
+        calibrator = None if self.calibrator_ is None else type(self.calibrator_).__name__
         return (
-            f"backbone={c.backbone!r}, uq={c.uq!r}, n_members={c.n_members}, "
-            f"finetune={c.finetune!r}"
+            f"RewardModel(backbone={c.backbone!r}, uq={c.uq!r}, {count}, "
+            f"features={self.backbone.hidden_size}, finetune={c.finetune!r}, "
+            f"fitted={self.head.is_fitted}, calibrator={calibrator})"
         )
 
 
-def _require_dataset(value, name: str = "dataset") -> None:
-    if not isinstance(value, PreferenceDataset):
+# -- helpers -----------------------------------------------------------------------------
+def _check_loading(loading: dict[str, Any]) -> None:
+    unknown = sorted(set(loading) - set(LOAD_OPTIONS))
+    if unknown:
         raise TypeError(
-            f"{name}: expected an auq.PreferenceDataset, got {type(value).__name__}; build one "
-            "with auq.PreferenceDataset.from_records(rows) (or from_jsonl / from_pandas / from_hf)"
+            f"unknown option(s) {', '.join(unknown)}; Hugging Face loading options passed "
+            f"through are: {', '.join(LOAD_OPTIONS)}"
         )
+
+
+def _dtype_name(dtype: torch.dtype | str | None) -> str | None:
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    return str(dtype).removeprefix("torch.")
+
+
+def _torch_dtype(name: str | None) -> torch.dtype | None:
+    return None if name is None else getattr(torch, name)
+
+
+def _is_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    return isinstance(value, list | tuple) and all(isinstance(m, dict) for m in value)
+
+
+def _check_texts(prompts: Any, responses: Any) -> tuple[list, list]:
+    """Validate ``score`` inputs: N texts (str or message lists), one prompt broadcast."""
+    if isinstance(responses, str):
+        responses = [responses]
+    if not isinstance(responses, Sequence) or isinstance(responses, bytes):
+        raise TypeError(
+            f"responses must be a str or a sequence of texts, got {type(responses).__name__}"
+        )
+    responses = list(responses)
+    single_prompt = isinstance(prompts, str) or (
+        isinstance(prompts, list | tuple) and len(prompts) > 0 and isinstance(prompts[0], dict)
+    )
+    if single_prompt:
+        prompts = [prompts] * len(responses)
+    elif not isinstance(prompts, Sequence):
+        raise TypeError(
+            f"prompts must be a str or a sequence of texts, got {type(prompts).__name__}"
+        )
+    prompts = list(prompts)
+    if len(prompts) != len(responses):
+        raise ValueError(
+            f"prompts and responses must have the same length, got {len(prompts)} "
+            f"and {len(responses)}"
+        )
+    if not responses:
+        raise ValueError("score needs at least one (prompt, response) pair; got 0")
+    for name, items in (("prompts", prompts), ("responses", responses)):
+        for i, item in enumerate(items):
+            if not _is_text(item):
+                raise TypeError(
+                    f"{name}[{i}] must be a str or a list of {{'role', 'content'}} messages, "
+                    f"got {type(item).__name__}"
+                )
+    return prompts, responses
+
+
+def _warn_truncation(stats: TruncationStats, max_length: int) -> None:
+    if stats.n_prompt_truncated or stats.n_response_truncated:
+        message = (
+            f"{stats} to fit max_length={max_length} tokens (counts in the prediction's "
+            "`truncation`); raise max_length to score the texts whole"
+        )
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def _relabel(pred: RewardPrediction | None, method: str) -> RewardPrediction | None:
+    return None if pred is None else dataclasses.replace(pred, method=method)
 
 
 def _column(values) -> Tensor | None:
     return None if values is None else torch.as_tensor(values, dtype=torch.float32)
-
-
-def _bias(layer: nn.Linear) -> Tensor | None:
-    return None if layer.bias is None else layer.bias.detach().float()
-
-
-def _version() -> str:
-    from auq.utils.metadata import package_version
-
-    return package_version()

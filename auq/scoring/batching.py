@@ -1,168 +1,21 @@
-"""Tokenisation of (prompt, response) texts and length-aware micro-batching.
+"""Length-aware micro-batching and right-padded collation of tokenised texts.
 
-Truncation policy
------------------
-Prompt and response are tokenised separately (each prompt once, however many
-responses share it) and joined with the tokenizer's own special tokens: as a
-sentence *pair* for encoders (``[CLS] prompt [SEP] response [SEP]`` with token
-types) and as one sequence for decoders (``prompt response``). When the pair is
-longer than ``max_length``:
-
-1. the response keeps as many tokens as fit beside ``min(len(prompt), min_prompt_tokens)``
-   prompt tokens, cut from its *end* (the start of an answer carries most of it);
-2. the prompt fills what is left, cut from its *start*, so the words nearest the
-   response survive.
-
-:class:`TruncationStats` counts how many prompts and responses were cut.
-
-Batching
---------
 :func:`token_budget_batches` sorts items by length and packs them into
 micro-batches whose padded size ``rows × longest`` stays under a token budget;
 the caller scatters results back with the returned indices, so the caller's order
-is kept while padding stays minimal.
+is kept while padding stays minimal. :func:`collate` right-pads one micro-batch.
+(Tokenisation and the truncation policy: :mod:`auq.scoring.tokenization`.)
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from auq.types import TruncationStats
+from auq.scoring.tokenization import TokenizedTexts
 
-__all__ = ["TextEncoder", "TokenizedTexts", "TruncationStats", "collate", "token_budget_batches"]
-
-
-@dataclass
-class TokenizedTexts:
-    """Token ids of N (prompt, response) texts, unpadded.
-
-    Attributes
-    ----------
-    input_ids : list of list of int, length N
-    token_type_ids : list of list of int or None
-    stats : TruncationStats
-    """
-
-    input_ids: list[list[int]]
-    token_type_ids: list[list[int]] | None
-    stats: TruncationStats = field(default_factory=TruncationStats)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """Tokens per item, shape (N,)."""
-        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self))
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-
-class TextEncoder:
-    """Turns (prompt, response) strings into token ids under the truncation policy.
-
-    Parameters
-    ----------
-    tokenizer : PreTrainedTokenizerBase
-        A Hugging Face tokenizer (fast tokenizers use their Rust backend directly).
-    max_length : int
-        Longest sequence after special tokens are added.
-    pair_encoding : bool
-        Encode as a sentence pair (encoders) instead of one joined sequence (decoders).
-    min_prompt_tokens : int
-        Prompt tokens kept, where the prompt has them, before the response is cut.
-    """
-
-    def __init__(
-        self, tokenizer, *, max_length: int, pair_encoding: bool, min_prompt_tokens: int = 32
-    ) -> None:
-        if max_length < 4:
-            raise ValueError(f"max_length must be >= 4, got {max_length!r}")
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.pair_encoding = pair_encoding
-        self.min_prompt_tokens = min_prompt_tokens
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            raise TypeError(
-                f"{type(tokenizer).__name__} has no fast (Rust) backend; auq needs a fast "
-                "tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True))"
-            )
-        from tokenizers import Tokenizer
-
-        # a private copy: the saved tokenizer may carry padding/truncation settings
-        self._backend = Tokenizer.from_str(backend.to_str())
-        self._backend.no_padding()
-        self._backend.no_truncation()
-
-    def encode(
-        self, prompts: list[str], responses: list[str], *, add_special_tokens: bool = True
-    ) -> TokenizedTexts:
-        """Tokenise N (prompt, response) pairs.
-
-        Parameters
-        ----------
-        prompts, responses : list of str, length N
-        add_special_tokens : bool
-            False for texts already rendered by a chat template (it adds its own).
-
-        Returns
-        -------
-        TokenizedTexts
-        """
-        if len(prompts) != len(responses):
-            raise ValueError(
-                f"prompts and responses must have the same length, got {len(prompts)} "
-                f"and {len(responses)}"
-            )
-        unique_prompts = list(dict.fromkeys(prompts))
-        prompt_index = {p: i for i, p in enumerate(unique_prompts)}
-        prompt_enc = self._backend.encode_batch(unique_prompts, add_special_tokens=False)
-        response_enc = self._backend.encode_batch(list(responses), add_special_tokens=False)
-        n_special = (
-            self._backend.num_special_tokens_to_add(self.pair_encoding) if add_special_tokens else 0
-        )
-        budget = self.max_length - n_special
-        stats = TruncationStats(n_items=len(prompts))
-        ids: list[list[int]] = []
-        types: list[list[int]] | None = [] if self.pair_encoding else None
-        from tokenizers import Encoding
-
-        for prompt, r_enc in zip(prompts, response_enc, strict=True):
-            p_enc = prompt_enc[prompt_index[prompt]]
-            n_p, n_r = len(p_enc.ids), len(r_enc.ids)
-            if n_p + n_r > budget:
-                keep_r = min(n_r, budget - min(n_p, self.min_prompt_tokens, budget // 2))
-                keep_p = min(n_p, budget - keep_r)
-                if keep_p < n_p:
-                    p_enc = _truncated(p_enc, keep_p, "left")
-                    stats.n_prompt_truncated += 1
-                if keep_r < n_r:
-                    r_enc = _truncated(r_enc, keep_r, "right")
-                    stats.n_response_truncated += 1
-            if self.pair_encoding:
-                enc = self._backend.post_process(
-                    p_enc, r_enc, add_special_tokens=add_special_tokens
-                )
-                types.append(enc.type_ids)
-            else:
-                merged = Encoding.merge([p_enc, r_enc])
-                enc = self._backend.post_process(
-                    merged, None, add_special_tokens=add_special_tokens
-                )
-            ids.append(enc.ids)
-        return TokenizedTexts(input_ids=ids, token_type_ids=types, stats=stats)
-
-
-def _truncated(encoding, length: int, direction: str):
-    """A copy of a ``tokenizers.Encoding`` cut to ``length`` tokens from one side."""
-    import copy
-
-    enc = copy.deepcopy(encoding)
-    enc.truncate(length, direction=direction)
-    return enc
+__all__ = ["collate", "token_budget_batches"]
 
 
 def token_budget_batches(

@@ -28,6 +28,7 @@ __all__ = [
     "get_logger",
     "progress_bar",
     "progress_bars_enabled",
+    "show_progress",
 ]
 
 _ENV_SWITCH = "AUQ_DISABLE_PROGRESS_BARS"

@@ -82,7 +82,7 @@ def test_map_hessian_covariance_match_numpy():
     np.testing.assert_allclose(head.posterior_covariance_.numpy(), cov, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(head.posterior_precision_.numpy(), h, rtol=1e-4)
     assert head.prior_precision_ == 2.0
-    assert float(head.log_evidence) == pytest.approx(evidence, rel=1e-6)
+    assert float(head.log_evidence_) == pytest.approx(evidence, rel=1e-6)
 
 
 def test_closed_form_margin_and_reward_moments_equal_monte_carlo(fitted):
@@ -159,11 +159,11 @@ def test_grid_picks_the_evidence_argmax():
     grid = [0.01, 0.1, 1.0, 10.0, 100.0]
     head = LaplaceHead(8, prior_grid=grid).fit(chosen, rejected)
     reference = [numpy_laplace(chosen, rejected, t)[3] for t in grid]
-    np.testing.assert_allclose(head.grid_log_evidence.numpy(), reference, rtol=1e-5)
+    np.testing.assert_allclose(head.grid_log_evidence_.numpy(), reference, rtol=1e-5)
     assert head.prior_precision_ == grid[int(np.argmax(reference))]
     # the continuous search does at least as well as any grid point
     best = LaplaceHead(8).fit(chosen, rejected)
-    assert float(best.log_evidence) >= max(reference) - 1e-6
+    assert float(best.log_evidence_) >= max(reference) - 1e-6
 
 
 def test_epistemic_variance_separates_out_of_distribution(fitted):

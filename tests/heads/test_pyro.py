@@ -40,7 +40,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def svi():
     chosen, rejected, w = bt_pairs(0, d=5, n=2000)
-    head = PyroHead(5, standardize=False, num_steps=400, num_samples=512)
+    head = PyroHead(5, standardize=False, num_steps=400, n_samples=512)
     return head.fit(chosen, rejected), chosen, rejected, w
 
 
@@ -48,11 +48,11 @@ def test_svi_recovers_known_weights(svi):
     """d = 5, n = 2000, mean-field guide, 400 steps: ‖E[w] − w‖/‖w‖ measured 0.077
     (bound 0.15); every |E[w_j] − w_j| ≤ 2.9 posterior s.d. (bound 4)."""
     head, _, _, w = svi
-    mean, std = head.posterior_mean_, head.posterior_std_
+    mean, std = head.weight_, head.posterior_std_
     assert float((mean - w).norm() / w.norm()) < 0.15
     assert ((mean - w).abs() < 4 * std).all()
-    assert head.weight_samples.shape == (512, 5)
-    assert len(head.loss_history_) == 400 and all(map(math.isfinite, head.loss_history_))
+    assert head.weight_samples_.shape == (512, 5)
+    assert len(head.elbo_history_) == 400 and all(map(math.isfinite, head.elbo_history_))
 
 
 def _coverage_90(head, test_c, test_r, w) -> float:
@@ -64,7 +64,7 @@ def _coverage_90(head, test_c, test_r, w) -> float:
 
 
 def _mvn(seed: int) -> PyroHead:
-    return PyroHead(5, guide="mvn", standardize=False, num_steps=300, num_samples=1000, seed=seed)
+    return PyroHead(5, guide="mvn", standardize=False, num_steps=300, n_samples=1000, seed=seed)
 
 
 def test_credible_interval_coverage_matches_laplace_on_the_same_data():
@@ -107,15 +107,15 @@ def test_nuts_and_full_covariance_svi_agree():
     ≤ 0.07 NUTS posterior s.d. (bound 0.35); s.d. ratio mvn/NUTS measured in
     [0.94, 0.99] (bound [0.8, 1.25])."""
     chosen, rejected, _ = bt_pairs(1, d=3, n=400)
-    nuts = PyroHead(3, inference="nuts", standardize=False, num_samples=300, warmup_steps=150)
+    nuts = PyroHead(3, inference="nuts", standardize=False, n_samples=300, warmup_steps=150)
     nuts.fit(chosen, rejected)
-    mvn = PyroHead(3, guide="mvn", standardize=False, num_steps=400, num_samples=2000)
+    mvn = PyroHead(3, guide="mvn", standardize=False, num_steps=400, n_samples=2000)
     mvn.fit(chosen, rejected)
     ref_std = nuts.posterior_std_
-    assert ((mvn.posterior_mean_ - nuts.posterior_mean_).abs() / ref_std).max() < 0.35
+    assert ((mvn.weight_ - nuts.weight_).abs() / ref_std).max() < 0.35
     ratio = mvn.posterior_std_ / ref_std
     assert ((ratio > 0.8) & (ratio < 1.25)).all()
-    assert nuts.weight_samples.shape == (300, 3)
+    assert nuts.weight_samples_.shape == (300, 3)
 
 
 def test_bad_choices_list_the_valid_ones():
@@ -142,8 +142,8 @@ def test_no_param_store_leaks_and_no_global_rng_side_effects():
     again = PyroHead(4, num_steps=60, seed=1).fit(c1, r1)
     assert list(store.keys()) == ["user_param"]
     assert torch.equal(pyro.param("user_param").detach(), user.detach())
-    assert not torch.allclose(a.weight_samples, b.weight_samples, atol=0.05)
-    assert torch.equal(a.weight_samples, again.weight_samples)  # seeded, nothing shared
+    assert not torch.allclose(a.weight_samples_, b.weight_samples_, atol=0.05)
+    assert torch.equal(a.weight_samples_, again.weight_samples_)  # seeded, nothing shared
     assert torch.equal(torch.get_rng_state(), rng[0])
     assert random.getstate() == rng[1]
     assert np.array_equal(np.random.get_state()[1], rng[2][1])  # noqa: NPY002
@@ -171,7 +171,7 @@ def test_pairs_share_draws_and_entropy_identity(svi):
 @pytest.mark.parametrize(("guide", "particles"), [("normal", 1), ("lowrank", 2)])
 def test_save_load_round_trip(svi, tmp_path, guide, particles):
     _, chosen, rejected, _ = svi
-    head = PyroHead(5, guide=guide, rank=2, num_particles=particles, num_steps=50, num_samples=64)
+    head = PyroHead(5, guide=guide, rank=2, num_particles=particles, num_steps=50, n_samples=64)
     head.fit(chosen, rejected)
     save_head(head, tmp_path)
     loaded = load_head(tmp_path)
@@ -184,23 +184,23 @@ def test_save_load_round_trip(svi, tmp_path, guide, particles):
 def test_zero_weights_equal_dropping_pairs_and_margins_shift():
     chosen, rejected, _ = bt_pairs(12, d=3, n=300)
     keep = (torch.arange(300) < 200).float()
-    opts = {"standardize": False, "num_steps": 100, "num_samples": 64}
+    opts = {"standardize": False, "num_steps": 100, "n_samples": 64}
     a = PyroHead(3, **opts).fit(chosen, rejected, weight=keep)
     b = PyroHead(3, **opts).fit(chosen[:200], rejected[:200])
-    torch.testing.assert_close(a.weight_samples, b.weight_samples, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(a.weight_samples_, b.weight_samples_, rtol=1e-3, atol=1e-3)
     # a positive target margin asks for larger margins: the fitted weights grow
     c = PyroHead(3, **opts).fit(chosen, rejected, margin=torch.full((300,), 1.0))
-    assert float(c.posterior_mean_.norm()) > float(PyroHead(3, **opts).fit(
-        chosen, rejected).posterior_mean_.norm())  # fmt: skip
+    assert float(c.weight_.norm()) > float(PyroHead(3, **opts).fit(
+        chosen, rejected).weight_.norm())  # fmt: skip
 
 
 def test_prior_init_converges_to_the_same_posterior():
     """Starting from the prior median (Pyro's default) reaches the MAP-started fit:
     means within 0.3 posterior s.d. after 800 steps (measured ≤ 0.17)."""
     chosen, rejected, _ = bt_pairs(13, d=3, n=500)
-    opts = {"standardize": False, "num_samples": 1000, "guide": "mvn"}
+    opts = {"standardize": False, "n_samples": 1000, "guide": "mvn"}
     ref = PyroHead(3, num_steps=300, **opts).fit(chosen, rejected)
     cold = PyroHead(3, init="prior", num_steps=800, **opts).fit(chosen, rejected)
-    gap = (cold.posterior_mean_ - ref.posterior_mean_).abs() / ref.posterior_std_
+    gap = (cold.weight_ - ref.weight_).abs() / ref.posterior_std_
     assert gap.max() < 0.3, gap
-    assert math.isfinite(cold.loss_history_[-1])
+    assert math.isfinite(cold.elbo_history_[-1])

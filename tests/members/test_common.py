@@ -43,9 +43,16 @@ def model_dir(request, tiny_bert_dir, tiny_gpt2_dir):
     return tiny_bert_dir if request.param == "bert" else tiny_gpt2_dir
 
 
+def _count(method: str, k: int) -> dict[str, int]:
+    """The size option: T passes for MC dropout, K members for the others."""
+    return {"n_passes" if method == "mc_dropout" else "n_members": k}
+
+
 def _build(model_dir, method, **extra) -> MemberBackbone:
     backbone = Backbone.from_pretrained(model_dir, max_length=32)
-    return MEMBER_REGISTRY[method].build(backbone, n_members=K, **{**METHODS[method], **extra})
+    return MEMBER_REGISTRY[method].build(
+        backbone, **_count(method, K), **{**METHODS[method], **extra}
+    )
 
 
 def test_registry_names_every_class():
@@ -124,7 +131,7 @@ def test_save_then_load_gives_identical_features(model_dir, method, tmp_path):
     assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))
 
     backbone = Backbone.from_pretrained(tmp_path / "backbone", max_length=32)
-    loaded = MEMBER_REGISTRY[method].build(backbone, n_members=K, **config)
+    loaded = MEMBER_REGISTRY[method].build(backbone, **_count(method, K), **config)
     loaded.load_members(tmp_path / "members")
     torch.testing.assert_close(loaded.encode(tokens), phi, rtol=0, atol=1e-6)
 
@@ -132,12 +139,14 @@ def test_save_then_load_gives_identical_features(model_dir, method, tmp_path):
 @pytest.mark.parametrize("method", METHODS)
 def test_fewer_than_two_members_is_refused(tiny_gpt2_dir, method):
     backbone = Backbone.from_pretrained(tiny_gpt2_dir, max_length=32)
-    with pytest.raises(ValueError, match="n_members must be >= 2 for an ensemble"):
-        MEMBER_REGISTRY[method].build(backbone, n_members=1, **METHODS[method])
+    with pytest.raises(
+        ValueError, match=r"(n_members|n_passes \(T dropout passes\)) must be an integer >= 2"
+    ):
+        MEMBER_REGISTRY[method].build(backbone, **_count(method, 1), **METHODS[method])
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_reward_checkpoints_are_refused(tiny_trl_checkpoint_dir, method):
     backbone = Backbone.from_pretrained(tiny_trl_checkpoint_dir, max_length=32)
     with pytest.raises(ValueError, match="needs a plain AutoModel backbone"):
-        MEMBER_REGISTRY[method].build(backbone, n_members=K, **METHODS[method])
+        MEMBER_REGISTRY[method].build(backbone, **_count(method, K), **METHODS[method])

@@ -7,6 +7,7 @@ import torch
 
 from auq.backbone import Backbone
 from auq.members import DeepMembers
+from auq.utils.io import CheckpointError
 
 K = 3
 PROMPTS = ["How do I cook rice?", "Learn a language quickly?"]
@@ -49,7 +50,7 @@ def test_save_members_writes_safetensors_per_copy(tiny_gpt2_dir, tmp_path):
     for k in range(1, K):
         assert (tmp_path / f"member_{k}" / "model.safetensors").is_file()
     (tmp_path / "member_2" / "config.json").unlink()
-    with pytest.raises(FileNotFoundError, match="member_2 holds no saved model"):
+    with pytest.raises(CheckpointError, match="member_2 holds no saved model"):
         member.load_members(tmp_path)
 
 

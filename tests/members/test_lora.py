@@ -1,12 +1,16 @@
-"""LoraMembers: batched == PEFT adapter by adapter, diversity, gradients, options."""
+"""LoraMembers: batched == PEFT adapter by adapter, scale-invariant diversity, options."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
+from torch import Tensor
 
 from auq.backbone import Backbone, pool_hidden_states
 from auq.members import LoraMembers
+from auq.members.lora import update_gram
 from auq.scoring.batching import collate
 
 K = 3
@@ -21,7 +25,7 @@ def model_dir(request, tiny_bert_dir, tiny_gpt2_dir):
 
 def _build(path, **options) -> LoraMembers:
     backbone = Backbone.from_pretrained(path, max_length=32)
-    return LoraMembers.build(backbone, n_members=K, **{"r": 4, **options})
+    return LoraMembers.build(backbone, **{"n_members": K, "r": 4, **options})
 
 
 def test_batched_members_equal_peft_adapters_one_by_one(model_dir, tmp_path):
@@ -98,30 +102,106 @@ def test_all_linear_skips_the_pooler_and_names_select_layers(tiny_bert_dir, tiny
     assert regex.target_names == ["h.1.mlp.c_fc", "h.1.mlp.c_proj"]
 
 
-def test_diversity_regularizer(tiny_gpt2_dir):
-    off = _build(tiny_gpt2_dir)
-    assert off.regularizer().item() == 0.0
-    member = _build(tiny_gpt2_dir, diversity=0.1)
+def _explicit_penalty(member: LoraMembers) -> Tensor:
+    """diversity · mean over layers and pairs of cos² of the full out×in updates B_k A_k."""
+    per_layer = []
+    for lora in member.adapters:
+        updates = torch.bmm(lora.lora_B, lora.lora_A).flatten(1).double()  # (K, out·in)
+        unit = updates / updates.norm(dim=1, keepdim=True)
+        cos = unit @ unit.T
+        i, j = torch.triu_indices(K, K, offset=1)
+        per_layer.append(cos[i, j].square().mean())
+    return member.diversity * torch.stack(per_layer).mean()
+
+
+def test_diversity_penalty_equals_the_cosines_of_the_full_updates(model_dir):
+    member = _build(model_dir, diversity=0.3)
     reg = member.regularizer()
-    assert reg.item() < 0 and reg.requires_grad
-    opt = torch.optim.SGD(member.adapters.parameters(), lr=0.1)
-    for _ in range(3):
+    assert reg.shape == () and reg.requires_grad
+    assert 0 < reg.item() < 0.3
+    torch.testing.assert_close(reg.double(), _explicit_penalty(member), rtol=1e-5, atol=1e-7)
+    lora = member.adapters[0]
+    gram = update_gram(lora.lora_A, lora.lora_B)
+    updates = torch.bmm(lora.lora_B, lora.lora_A).flatten(1)
+    torch.testing.assert_close(gram.float(), updates @ updates.T, rtol=1e-5, atol=1e-9)
+    assert _build(model_dir).regularizer().item() == 0.0  # diversity=0: off
+
+
+def test_diversity_penalty_is_scale_invariant_and_function_preserving_moves_keep_it(model_dir):
+    """A_k → G_k A_k, B_k → B_k G_k⁻¹ (incl. A ×c, B ×1/c): same function, same penalty."""
+    member = _build(model_dir, diversity=0.5, init_scale=0.05)
+    with torch.no_grad():  # similar members (random ones are near-orthogonal: penalty ≈ 0)
+        for lora in member.adapters:
+            for p in (lora.lora_A, lora.lora_B):
+                p.copy_(p[:1] + 0.5 * (p - p[:1]))
+    tokens = member.tokenize(PROMPTS, RESPONSES)
+    phi, reg = member.encode(tokens), member.regularizer().item()
+    assert 0.05 < reg < 0.5
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for lora in member.adapters:
+            c = torch.tensor([10.0, 0.1, 3.0])[:, None, None]  # per member
+            g = torch.eye(4) + 0.3 * torch.randn(K, 4, 4, generator=gen)  # invertible r×r
+            lora.lora_A.copy_(c * (g @ lora.lora_A))
+            lora.lora_B.copy_(lora.lora_B @ torch.linalg.inv(g) / c)
+    torch.testing.assert_close(member.encode(tokens), phi, rtol=1e-4, atol=1e-4)
+    assert abs(member.regularizer().item() - reg) < 1e-6
+    with torch.no_grad():  # inflating every adapter changes the function, not the penalty
+        for lora in member.adapters:
+            lora.lora_A.mul_(7.0)
+            lora.lora_B.mul_(7.0)
+    assert (member.encode(tokens) - phi).abs().max() > 1e-3
+    assert abs(member.regularizer().item() - reg) < 1e-6
+
+
+def test_diversity_penalty_falls_as_the_members_differ(tiny_gpt2_dir):
+    member = _build(tiny_gpt2_dir, diversity=0.2, init_scale=0.05)
+    own = [(lora.lora_A.detach().clone(), lora.lora_B.detach().clone()) for lora in member.adapters]
+
+    def blend(weight: float) -> float:
+        """Members' B from member 0's (weight 0: identical members) to their own (weight 1)."""
+        with torch.no_grad():
+            for lora, (a, b) in zip(member.adapters, own, strict=True):
+                lora.lora_A.copy_(a[:1].expand_as(a))
+                lora.lora_B.copy_((1 - weight) * b[:1] + weight * b)
+        return member.regularizer().item()
+
+    values = [blend(w) for w in (0.0, 0.25, 0.5, 1.0)]
+    assert abs(values[0] - 0.2) < 1e-6  # collinear updates: cos² = 1
+    assert all(a > b for a, b in pairwise(values)), values
+    with torch.no_grad():  # updates reading disjoint input coordinates are orthogonal
+        for lora in member.adapters:
+            fan_in = lora.lora_A.shape[2]
+            support = torch.arange(fan_in) % K == torch.arange(K)[:, None]  # (K, in)
+            lora.lora_A.mul_(support[:, None, :])
+    assert abs(member.regularizer().item()) < 1e-7
+    # and gradient descent on the penalty alone spreads random members apart
+    member = _build(tiny_gpt2_dir, diversity=0.2, init_scale=0.05)
+    start = member.regularizer()
+    start.backward()
+    for lora in member.adapters:
+        for p in (lora.lora_A, lora.lora_B):
+            assert (p.grad.flatten(1).norm(dim=1) > 0).all()
+    opt = torch.optim.SGD(member.adapters.parameters(), lr=0.01)
+    for _ in range(5):
         opt.zero_grad()
-        loss = member.regularizer()
-        loss.backward()
+        member.regularizer().backward()
         opt.step()
-    assert member.regularizer().item() < reg.item()  # the stacked A matrices spread out
+    assert member.regularizer().item() < start.item()
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"r": 0}, "r must be an integer >= 1"),
-        ({"lora_alpha": 0}, "lora_alpha must be > 0"),
+        ({"lora_alpha": 0}, "lora_alpha must be a finite number > 0, got 0"),
         ({"lora_dropout": 1.0}, r"lora_dropout must be in \[0, 1\)"),
         ({"init_lora_weights": "pissa"}, "valid choices: True, 'gaussian'"),
-        ({"init_scale": -1.0}, "init_scale must be >= 0"),
-        ({"diversity": -1.0}, "diversity must be >= 0"),
+        ({"init_scale": -1.0}, "init_scale must be a finite number >= 0, got -1.0"),
+        ({"diversity": -1.0}, "diversity must be a finite number >= 0, got -1.0"),
+        ({"diversity": "0.1"}, "diversity must be a finite number >= 0, got '0.1'"),
+        ({"diversity": float("nan")}, "diversity must be a finite number >= 0, got nan"),
+        ({"n_members": 1}, "n_members must be an integer >= 2 for an ensemble, got 1"),
         ({"target_modules": ["nope"]}, "matches no nn.Linear/Conv1D layer.*h.0.attn.c_attn"),
     ],
 )

