@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from auq.scoring.batching import collate, token_budget_batches
 from auq.scoring.loading import (
@@ -43,6 +42,7 @@ from auq.scoring.loading import (
 )
 from auq.scoring.pooling import last_non_pad_index, pool_hidden_states
 from auq.scoring.tokenization import TextEncoder, TokenizedTexts
+from auq.utils.console import progress_bar
 from auq.utils.validation import check_choice
 
 __all__ = ["POOLING_CHOICES", "Backbone", "is_reward_checkpoint", "pool_hidden_states"]
@@ -342,7 +342,7 @@ class Backbone(nn.Module):
         *,
         max_tokens: int = 16384,
         max_batch_size: int = 256,
-        progress: bool = False,
+        progress: bool | None = None,
         description: str = "features",
     ) -> Tensor:
         """Features of every tokenised item, length-bucketed, in the caller's order.
@@ -355,6 +355,8 @@ class Backbone(nn.Module):
             Padded tokens per micro-batch.
         max_batch_size : int
             Rows per micro-batch.
+        progress : bool or None
+            Progress bar; None shows it only on a terminal or in a notebook.
 
         Returns
         -------
@@ -367,7 +369,7 @@ class Backbone(nn.Module):
         batches = token_budget_batches(
             tokenized.lengths, max_tokens=max_tokens, max_batch_size=max_batch_size
         )
-        for idx in tqdm(batches, desc=description, disable=not progress, leave=False):
+        for idx in progress_bar(batches, desc=description, enabled=progress):
             phi = self.features_of(tokenized, idx)  # (b, d), or (K, b, d) for member ensembles
             if out is None:
                 out = phi.new_empty((*phi.shape[:-2], len(tokenized), phi.shape[-1]))

@@ -2,7 +2,9 @@
 
 from auq.data.builtin import load_builtin_preferences
 from auq.data.chat import render_conversation, render_pair_texts
-from auq.data.dataset import PreferenceDataset, as_preference_dataset, symmetrize
+from auq.data.coerce import as_preference_dataset
+from auq.data.dataset import PreferenceDataset
+from auq.data.symmetry import symmetrize
 from auq.data.validation import VALID_ROLES, PreferenceDataError
 
 __all__ = [

@@ -16,48 +16,34 @@ common character prefix of two strings, or the common leading messages of two
 conversations — as ``trl.maybe_extract_prompt`` does; see
 :func:`auq.data.validation.extract_prompt`.
 
-:func:`as_preference_dataset` turns any accepted input (a dataset, a
+:func:`auq.data.as_preference_dataset` turns any accepted input (a dataset, a
 ``datasets.Dataset``, a ``pandas.DataFrame``, a list of row dicts or a dict of
 columns) into a :class:`PreferenceDataset`.
 """
 
 from __future__ import annotations
 
-import codecs
 import json
 import math
 import numbers
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from auq.data.chat import render_conversation, render_pair_texts, render_prompt
+from auq.data.chat import render_pair_texts, render_prompt
+from auq.data.jsonl import read_jsonl_rows
 from auq.data.validation import (
     NUMERIC_COLUMNS,
     ON_ERROR,
     PreferenceDataError,
-    RowError,
     require_columns,
     validate_rows,
 )
 from auq.utils.validation import check_choice
 
-__all__ = [
-    "PreferenceDataError",
-    "PreferenceDataset",
-    "as_preference_dataset",
-    "render_conversation",
-    "render_pair_texts",
-    "symmetrize",
-]
-
-ACCEPTED_TYPES = (
-    "an auq.PreferenceDataset, a datasets.Dataset, a pandas.DataFrame, "
-    "a list of row dicts or a dict of columns"
-)
+__all__ = ["PreferenceDataError", "PreferenceDataset"]
 
 
 def _json_default(obj: Any) -> Any:
@@ -66,54 +52,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-def _read_jsonl(path: Path) -> tuple[list[Any], list[str]]:
-    """Rows of a JSONL file (a :class:`RowError` for an unreadable line) and where each is.
-
-    Encoding problems are errors of the file, not of a row, so they always raise.
-    """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"preference data file not found: {str(path)!r}") from None
-    except IsADirectoryError:
-        raise IsADirectoryError(f"{path} is a directory, not a JSONL file of pairs") from None
-    if data.startswith(codecs.BOM_UTF8):
-        raise PreferenceDataError(
-            f"{path}, line 1: the file starts with a UTF-8 byte-order mark (BOM), which JSON "
-            "Lines does not allow; save it as UTF-8 without a BOM (e.g. `sed -i "
-            f"'1s/^\\xEF\\xBB\\xBF//' {path}`)"
-        )
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise PreferenceDataError(
-            f"{path}, line 1: the file is UTF-16 (it starts with a UTF-16 byte-order mark); "
-            f"JSON Lines must be UTF-8: re-encode it (e.g. `iconv -f utf-16 -t utf-8 {path}`)"
-        )
-    rows: list[Any] = []
-    where: list[str] = []
-    start = 0
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        line_start, start = start, start + len(raw) + 1
-        if not raw.strip():
-            continue
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise PreferenceDataError(
-                f"{path}, line {lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte "
-                f"offset {line_start + e.start} of the file); save the file as UTF-8 (e.g. "
-                f"`iconv -f latin1 -t utf-8 {path}`)"
-            ) from None
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            obj = RowError(None, f"invalid JSON ({e.msg}, column {e.colno})")
-        if not isinstance(obj, dict | RowError):
-            obj = RowError(None, f"expected a JSON object, got {type(obj).__name__}")
-        rows.append(obj)
-        where.append(f"{path}, line {lineno}")
-    return rows, where
 
 
 class PreferenceDataset:
@@ -199,7 +137,7 @@ class PreferenceDataset:
         bad row).
         """
         check_choice("on_error", on_error, ON_ERROR)
-        rows, where = _read_jsonl(Path(path))
+        rows, where = read_jsonl_rows(Path(path))
         return cls._from_rows(rows, on_error, where)
 
     @classmethod
@@ -417,120 +355,3 @@ class PreferenceDataset:
         skipped = f", skipped={self.n_skipped}" if self._skipped else ""
         cols = self.columns
         return f"PreferenceDataset(n_rows={len(self)}, format={kind!r}, columns={cols}{skipped})"
-
-
-# -- coercion ---------------------------------------------------------------------------
-
-
-def _hf_classes(names: tuple[str, ...]) -> tuple[type, ...]:
-    """Classes of ``datasets`` (only when the caller has imported it: no import cost here)."""
-    module = sys.modules.get("datasets")
-    return tuple(getattr(module, n) for n in names if hasattr(module, n)) if module else ()
-
-
-def as_preference_dataset(
-    value: Any, *, name: str = "dataset", on_error: str = "raise"
-) -> PreferenceDataset:
-    """Turn any accepted input into a :class:`PreferenceDataset`.
-
-    Parameters
-    ----------
-    value : PreferenceDataset, datasets.Dataset, pandas.DataFrame, list of dict or dict
-        A dataset (returned as is), a Hugging Face ``Dataset`` / ``IterableDataset``
-        (:meth:`PreferenceDataset.from_hf`), a ``pandas.DataFrame``
-        (:meth:`~PreferenceDataset.from_pandas`), a list (or tuple) of row dicts
-        (:meth:`~PreferenceDataset.from_records`) or a dict of columns
-        (:meth:`~PreferenceDataset.from_dict`).
-    name : str
-        What the value is called by the caller (``"eval_dataset"``), for messages.
-    on_error : {"raise", "skip"}
-        Passed to the loader; a :class:`PreferenceDataset` is returned unchanged.
-
-    Returns
-    -------
-    PreferenceDataset
-
-    Raises
-    ------
-    TypeError
-        For any other type, or a ``DatasetDict`` (the message lists its splits).
-    PreferenceDataError
-        For invalid rows; the message starts with ``name``.
-    """
-    check_choice("on_error", on_error, ON_ERROR)
-    if isinstance(value, PreferenceDataset):
-        return value
-    splits = _hf_classes(("DatasetDict", "IterableDatasetDict"))
-    if splits and isinstance(value, splits):
-        raise TypeError(
-            f"{name}: got a {type(value).__name__} with splits {list(value)}; pass one split, "
-            f"e.g. {name}=data[{next(iter(value), 'train')!r}]"
-        )
-    pandas = sys.modules.get("pandas")
-    if isinstance(value, _hf_classes(("Dataset", "IterableDataset"))):
-        loader = PreferenceDataset.from_hf
-    elif pandas is not None and isinstance(value, pandas.DataFrame):
-        loader = PreferenceDataset.from_pandas
-    elif isinstance(value, list | tuple) and (not value or isinstance(value[0], Mapping)):
-        loader = PreferenceDataset.from_records
-    elif isinstance(value, Mapping):
-        loader = PreferenceDataset.from_dict
-    else:
-        kind = type(value)
-        got = (
-            kind.__qualname__
-            if kind.__module__ == "builtins"
-            else f"{kind.__module__}.{kind.__qualname__}"
-        )
-        if isinstance(value, list | tuple):
-            got = f"a {got} of {type(value[0]).__name__}"
-        raise TypeError(f"{name}: expected {ACCEPTED_TYPES}; got {got}")
-    try:
-        return loader(value, on_error=on_error)
-    except PreferenceDataError as err:
-        raise PreferenceDataError(f"{name}: {err}") from None
-
-
-# -- symmetrisation and chat rendering ---------------------------------------------------
-
-
-def symmetrize(margins: Any, labels: Any = None) -> tuple[Any, Any]:
-    """Swap-symmetrise pairwise data for calibration.
-
-    Each pair (Δ, y) is also presented swapped, (−Δ, 1 − y). For an antisymmetric
-    model, P(b ≻ a) = 1 − P(a ≻ b), the swapped pair carries the same information:
-    a temperature fit σ(Δ / T) (no intercept) gets exactly twice the likelihood and
-    the same T. But a calibration set built the usual way has every label equal to 1
-    ("chosen wins"): Platt scaling's intercept then absorbs "always 1" and diverges,
-    and isotonic regression or scikit-learn's ``LogisticRegression`` see one class
-    only. The symmetrised set is balanced, has both classes, and so still calibrates.
-
-    Parameters
-    ----------
-    margins : np.ndarray or torch.Tensor, shape (B,)
-        Margins (logits) Δ = r(chosen) − r(rejected).
-    labels : array-like, shape (B,), optional
-        1 where the first response won, 0 where it lost; default all ones.
-
-    Returns
-    -------
-    margins, labels : shape (2B,)
-        ``concat([Δ, −Δ])`` and ``concat([y, 1 − y])``, in the type of ``margins``.
-    """
-    import torch
-
-    is_torch = isinstance(margins, torch.Tensor)
-    m = margins if is_torch else np.asarray(margins, dtype=np.float64)
-    if m.ndim != 1:
-        raise ValueError(f"margins must have shape (B,), got {tuple(m.shape)}")
-    if labels is None:
-        y = torch.ones_like(m) if is_torch else np.ones_like(m)
-    else:
-        y = torch.as_tensor(labels, device=m.device) if is_torch else np.asarray(labels)
-    if tuple(y.shape) != tuple(m.shape):
-        raise ValueError(f"labels must have shape {tuple(m.shape)}, got {tuple(y.shape)}")
-    if not bool(((y == 0) | (y == 1)).all()):
-        raise ValueError("labels must be 0 or 1")
-    flipped = ~y if y.dtype in (torch.bool, np.bool_) else 1 - y
-    cat = torch.cat if is_torch else np.concatenate
-    return cat([m, -m]), cat([y, flipped])

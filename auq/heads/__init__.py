@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from auq.heads.base import (
-    HEAD_REGISTRY,
-    PreferenceHead,
-    head_class,
-    load_head,
-    register_head,
-    save_head,
-)
+from auq.heads.base import HEAD_REGISTRY, PreferenceHead, head_class, register_head
+from auq.heads.bayesian import LinearBayesianHead
+from auq.heads.checkpoints import load_head, save_head
 from auq.heads.ensemble import EnsembleHead
 from auq.heads.fitting import FitConfig, FitHistory
 from auq.heads.laplace import LaplaceHead
@@ -27,6 +22,7 @@ __all__ = [
     "FitConfig",
     "FitHistory",
     "LaplaceHead",
+    "LinearBayesianHead",
     "PreferenceHead",
     "PyroHead",
     "head_class",

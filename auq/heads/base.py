@@ -24,14 +24,12 @@ One interface for every head (ensemble, Laplace, Pyro):
 Saving: ``get_config()`` returns the JSON-able constructor options and every
 fitted tensor lives in ``state_dict()`` with a shape fixed by that config, so
 ``cls(**config).load_state_dict(tensors)`` restores a head exactly
-(:func:`save_head` / :func:`load_head`; safetensors + JSON, never pickle).
+(:func:`auq.heads.save_head` / :func:`auq.heads.load_head`; safetensors + JSON).
 """
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -40,21 +38,10 @@ from torch import Tensor
 
 from auq.heads.fitting import FIT_OPTIONS, FitHistory
 from auq.types import PreferencePrediction, RewardPrediction
-from auq.utils.io import CheckpointError, load_safetensors, read_json, write_json
 
-__all__ = [
-    "HEAD_REGISTRY",
-    "PreferenceHead",
-    "head_class",
-    "load_head",
-    "register_head",
-    "save_head",
-]
+__all__ = ["HEAD_REGISTRY", "PreferenceHead", "head_class", "register_head"]
 
 HEAD_REGISTRY: dict[str, type[PreferenceHead]] = {}
-
-CONFIG_NAME = "head_config.json"
-WEIGHTS_NAME = "head.safetensors"
 
 
 def register_head(cls: type[PreferenceHead]) -> type[PreferenceHead]:
@@ -363,63 +350,3 @@ class PreferenceHead(torch.nn.Module, ABC):
     def extra_repr(self) -> str:
         config = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{config}, fitted={self.is_fitted}"
-
-
-def save_head(head: PreferenceHead, directory: str | Path) -> None:
-    """Write ``head_config.json`` and ``head.safetensors`` into ``directory``."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / CONFIG_NAME, {"class": type(head).__name__, "config": head.get_config()})
-    tensors = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-    save_file(tensors, str(directory / WEIGHTS_NAME))
-
-
-def load_head(directory: str | Path, *, device: torch.device | str = "cpu") -> PreferenceHead:
-    """Rebuild a head written by :func:`save_head`.
-
-    Raises
-    ------
-    CheckpointError
-        Naming the file, when the config is missing, malformed or incomplete, the
-        weights file is missing or damaged, or a tensor does not match the config.
-    """
-    directory = Path(directory)
-    config_path = directory / CONFIG_NAME
-    spec = read_json(config_path, what="head config", required=("class", "config"))
-    try:
-        cls = head_class(spec["class"])
-    except ValueError as err:
-        raise CheckpointError(f"{config_path}: {err}") from None
-    options = spec["config"]
-    if not isinstance(options, dict):
-        raise CheckpointError(f"{config_path}: 'config' must be a JSON object")
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise CheckpointError(
-            f"{config_path}: unknown {cls.__name__} option(s) {', '.join(unknown)}"
-        )
-    try:
-        head = cls(**options)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{config_path}: invalid {cls.__name__} options ({err})") from None
-    weights_path = directory / WEIGHTS_NAME
-    tensors = load_safetensors(weights_path)
-    expected = head.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise CheckpointError(
-            f"{weights_path}: tensors do not match {config_path.name} "
-            f"(missing: {missing or 'none'}; unexpected: {extra or 'none'})"
-        )
-    for name, value in tensors.items():
-        if tuple(value.shape) != tuple(expected[name].shape):
-            raise CheckpointError(
-                f"{weights_path}: tensor {name!r} has shape {tuple(value.shape)}, but "
-                f"{config_path.name} implies {tuple(expected[name].shape)}"
-            )
-    head.load_state_dict(tensors)
-    return head.to(device)

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from auq.heads.base import PreferenceHead, register_head
+from auq.heads.base import register_head
+from auq.heads.bayesian import LinearBayesianHead
 from auq.heads.fitting import FitHistory
 from auq.types import LinearGaussianSampler, PreferencePrediction, RewardPrediction
 from auq.utils.validation import check_positive_int
@@ -115,7 +116,7 @@ def _log_evidence(w: Tensor, chol: Tensor, objective: float, tau: float) -> floa
 
 
 @register_head
-class LaplaceHead(PreferenceHead):
+class LaplaceHead(LinearBayesianHead):
     """Bayesian linear Bradley–Terry head with a full-covariance Laplace posterior.
 
     Parameters
@@ -157,13 +158,10 @@ class LaplaceHead(PreferenceHead):
         Lower Cholesky factor ``L`` of ``Σ`` (``Σ = L Lᵀ``).
     center_ : Tensor, shape (d,)
         ``φ̄`` when ``bias=True``, else zeros.
-    offset_ : Tensor, shape ()
-        Constant added to every reward (the checkpoint's bias after
-        :meth:`init_from_linear`, else 0); it cancels in margins.
+    offset_, prior_weight_, prior_bias_ : Tensor
+        The prior's mean layer and reward offset (:class:`~auq.heads.LinearBayesianHead`).
     prior_precision_, log_evidence_ : Tensor, shape ()
     grid_log_evidence_ : Tensor, shape (len(prior_grid),)
-    prior_weight_ : Tensor, shape (d,)
-        Prior mean ``w₀`` in raw-feature units (zeros unless :meth:`init_from_linear`).
     """
 
     method = "laplace"
@@ -218,9 +216,6 @@ class LaplaceHead(PreferenceHead):
         self.register_buffer("posterior_covariance_", torch.eye(d))
         self.register_buffer("posterior_scale_tril_", torch.eye(d))
         self.register_buffer("center_", torch.zeros(d))
-        self.register_buffer("offset_", torch.zeros(()))
-        self.register_buffer("prior_weight_", torch.zeros(d))
-        self.register_buffer("prior_bias_", torch.zeros(()))
         self.register_buffer("prior_precision_", torch.ones(()))
         self.register_buffer("log_evidence_", torch.zeros(()))
         self.register_buffer("grid_log_evidence_", torch.zeros(len(prior_grid or ())))
@@ -242,30 +237,6 @@ class LaplaceHead(PreferenceHead):
             "tol": self.tol,
             "standardize": self.standardize,
         }
-
-    @torch.no_grad()
-    def init_from_linear(self, weight: Tensor, bias: Tensor | None = None) -> LaplaceHead:
-        """Centre the prior on a pretrained linear score layer (e.g. a reward checkpoint's).
-
-        The prior becomes ``w ~ N(w₀, τ⁻¹ I)`` with ``w₀`` the layer's weights (mapped to
-        standardised coordinates at fit time) and rewards are offset by its bias, so the
-        posterior mean moves away from the checkpoint only as far as the pairs ask. The
-        head still needs :meth:`fit` (the posterior needs data to set Σ and τ).
-
-        Parameters
-        ----------
-        weight : Tensor, shape (d,) or (1, d)
-        bias : Tensor, shape () or (1,), optional
-        """
-        weight = torch.as_tensor(weight).reshape(-1)
-        if weight.shape[0] != self.in_features:
-            raise ValueError(
-                f"weight must have {self.in_features} entries (in_features), got {weight.shape[0]}"
-            )
-        self.prior_weight_.copy_(weight.to(self.prior_weight_))
-        b = torch.zeros(()) if bias is None else torch.as_tensor(bias).reshape(())
-        self.prior_bias_.copy_(b.to(self.prior_bias_))
-        return self
 
     # -- fitting -------------------------------------------------------------------
     def _fit(
@@ -295,10 +266,7 @@ class LaplaceHead(PreferenceHead):
             self.center_.copy_(((both - mean) / scale).mean(0))
         else:
             self.center_.zero_()
-        w0 = self.prior_weight_.to(f64)
-        prior_mean = w0 * scale  # prior mean in standardised coordinates
-        # rewards at the prior mean equal the linear layer's: w₀ᵀφ + b₀
-        self.offset_.fill_(float(self.prior_bias_ + (w0 * mean).sum()))
+        prior_mean = self.standardized_prior_mean().to(f64)
         state = {"w": prior_mean.clone() if start is None else start}
 
         def evidence(tau: float) -> tuple[float, tuple[Tensor, Tensor]]:

@@ -45,7 +45,8 @@ from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 from pyro.nn import PyroModule, PyroSample
 from torch import Tensor
 
-from auq.heads.base import PreferenceHead, register_head
+from auq.heads.base import register_head
+from auq.heads.bayesian import LinearBayesianHead
 from auq.heads.fitting import FitHistory
 from auq.heads.laplace import newton_map
 from auq.types import RewardPrediction
@@ -112,7 +113,7 @@ class BradleyTerryModel(PyroModule):
 
 
 @register_head
-class PyroHead(PreferenceHead):
+class PyroHead(LinearBayesianHead):
     """Bayesian linear Bradley–Terry head fitted with Pyro (SVI or NUTS).
 
     Parameters
@@ -155,11 +156,8 @@ class PyroHead(PreferenceHead):
         Posterior draws of ``w`` (standardised-feature coordinates).
     weight_ : Tensor, shape (d,)
         Their mean (the posterior mean).
-    offset_ : Tensor, shape ()
-        Constant added to every reward (a checkpoint's bias after
-        :meth:`init_from_linear`, else 0).
-    prior_weight_ : Tensor, shape (d,)
-        Prior mean ``w₀`` in raw-feature units.
+    offset_, prior_weight_, prior_bias_ : Tensor
+        The prior's mean layer and reward offset (:class:`~auq.heads.LinearBayesianHead`).
     elbo_history_ : list of float
         Negative ELBO per SVI step of the last fit (not saved).
     """
@@ -212,9 +210,6 @@ class PyroHead(PreferenceHead):
         self.seed = int(seed)
         self.elbo_history_: list[float] = []
         self.register_buffer("weight_samples_", torch.zeros(n_samples, in_features))
-        self.register_buffer("offset_", torch.zeros(()))
-        self.register_buffer("prior_weight_", torch.zeros(in_features))
-        self.register_buffer("prior_bias_", torch.zeros(()))
 
     @property
     def n_samples(self) -> int:
@@ -239,28 +234,6 @@ class PyroHead(PreferenceHead):
             "standardize": self.standardize,
         }
 
-    @torch.no_grad()
-    def init_from_linear(self, weight: Tensor, bias: Tensor | None = None) -> PyroHead:
-        """Centre the prior on a pretrained linear score layer (e.g. a reward checkpoint's).
-
-        Like :meth:`LaplaceHead.init_from_linear`: prior mean ``w₀`` = the layer's
-        weights, rewards offset by its bias; :meth:`fit` is still needed.
-
-        Parameters
-        ----------
-        weight : Tensor, shape (d,) or (1, d)
-        bias : Tensor, shape () or (1,), optional
-        """
-        weight = torch.as_tensor(weight).reshape(-1)
-        if weight.shape[0] != self.in_features:
-            raise ValueError(
-                f"weight must have {self.in_features} entries (in_features), got {weight.shape[0]}"
-            )
-        self.prior_weight_.copy_(weight.to(self.prior_weight_))
-        b = torch.zeros(()) if bias is None else torch.as_tensor(bias).reshape(())
-        self.prior_bias_.copy_(b.to(self.prior_bias_))
-        return self
-
     # -- fitting -------------------------------------------------------------------
     def _fit(
         self,
@@ -280,10 +253,7 @@ class PyroHead(PreferenceHead):
         phi_c, phi_r = phi_chosen.to(dtype), phi_rejected.to(dtype)
         self.fit_standardization(torch.cat([phi_c, phi_r]))  # union of chosen and rejected
         z = self.standardize_features(phi_c) - self.standardize_features(phi_r)  # (B, d)
-        prior_mean = self.prior_weight_ * self.feature_scale_  # standardised coordinates
-        self.offset_.fill_(
-            float(self.prior_bias_ + (self.prior_weight_ * self.feature_mean_).sum())
-        )
+        prior_mean = self.standardized_prior_mean()
         args = (z, target.to(dtype), weight.to(dtype))
         self.elbo_history_ = []
         with (

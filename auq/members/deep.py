@@ -128,8 +128,10 @@ class DeepMembers(MemberBackbone):
                 model = type(self.model).from_pretrained(
                     path, dtype=self.model.dtype, use_safetensors=True
                 )
-            except (OSError, ValueError, RuntimeError) as err:
-                raise CheckpointError(f"{path}: cannot load member {k} ({err})") from None
+            except Exception as err:  # damaged weights surface as many error types
+                files = sorted(path.glob("*.safetensors"))
+                where = files[0] if len(files) == 1 else path
+                raise CheckpointError(f"{where}: cannot load member {k} ({err})") from None
             loaded.append(model.to(self.device).train(self.training))
         self.copies = nn.ModuleList(loaded)
         self.set_trainable()

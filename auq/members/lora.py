@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from auq.backbone import Backbone
 from auq.members.base import MemberBackbone, check_n_members, register_members
+from auq.utils.io import CheckpointError, load_safetensors
 from auq.utils.validation import check_choice, check_positive_int
 
 __all__ = ["LoraMembers", "update_gram", "update_similarity"]
@@ -394,26 +395,36 @@ class LoraMembers(MemberBackbone):
         (out / _CONFIG_NAME).write_text(json.dumps(meta, indent=2))
 
     def load_members(self, directory: str | Path) -> None:
-        """Read the adapters written by :meth:`save_members`."""
-        from safetensors.torch import load_file
+        """Read the adapters written by :meth:`save_members`.
 
+        Raises
+        ------
+        CheckpointError
+            Naming the file, when an adapter file is missing, damaged, lacks a target
+            layer or has the wrong shape.
+        """
         directory = Path(directory)
         with torch.no_grad():
             for k in range(self.n_members):
                 path = directory / f"member_{k}" / "adapter_model.safetensors"
                 if not path.is_file():
-                    raise FileNotFoundError(
+                    raise CheckpointError(
                         f"{path} is missing; save_members writes member_0 … "
                         f"member_{self.n_members - 1} for n_members={self.n_members}"
                     )
-                tensors = load_file(str(path))
+                tensors = load_safetensors(path)
                 for name, lora in zip(self.target_names, self.adapters, strict=True):
                     prefix = f"base_model.model.{name}"
-                    try:
-                        lora.lora_A[k].copy_(tensors[f"{prefix}.lora_A.weight"])
-                        lora.lora_B[k].copy_(tensors[f"{prefix}.lora_B.weight"])
-                    except KeyError as err:
-                        raise ValueError(
-                            f"{path} has no adapter for {name!r}; was it saved with the same "
-                            "target_modules?"
-                        ) from err
+                    for part, target in (("lora_A", lora.lora_A[k]), ("lora_B", lora.lora_B[k])):
+                        key = f"{prefix}.{part}.weight"
+                        if key not in tensors:
+                            raise CheckpointError(
+                                f"{path} has no adapter for {name!r}; was it saved with the same "
+                                "target_modules?"
+                            )
+                        if tensors[key].shape != target.shape:
+                            raise CheckpointError(
+                                f"{path}: {key!r} has shape {tuple(tensors[key].shape)}, "
+                                f"expected {tuple(target.shape)} (r={self.r})"
+                            )
+                        target.copy_(tensors[key])

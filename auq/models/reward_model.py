@@ -16,9 +16,7 @@ its contract (:class:`~auq.heads.PreferenceHead`): no method is special-cased he
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,9 +27,10 @@ from torch import Tensor, nn
 
 from auq.backbone import Backbone
 from auq.data import PreferenceDataset, as_preference_dataset
-from auq.heads.base import PreferenceHead, load_head, save_head
+from auq.heads.base import PreferenceHead
 from auq.heads.fitting import FitConfig, FitHistory
 from auq.members.base import MemberBackbone
+from auq.models.checkpoints import load_reward_model, save_calibrator, save_reward_model
 from auq.models.config import (
     BAYESIAN_METHODS,
     HEAD_CLASS,
@@ -41,19 +40,23 @@ from auq.models.config import (
     build_layers,
 )
 from auq.models.finetune import finetune_pairs
-from auq.scoring.loading import LOAD_OPTIONS
-from auq.types import PreferencePrediction, RewardPrediction, TruncationStats
+from auq.models.inputs import (
+    check_loading_options,
+    check_texts,
+    dtype_name,
+    numeric_column,
+    relabel,
+    torch_dtype,
+    warn_truncation,
+)
+from auq.types import PreferencePrediction, RewardPrediction
 from auq.utils.console import show_progress
-from auq.utils.io import CheckpointError, read_json, write_json
-from auq.utils.metadata import package_version
 
 if TYPE_CHECKING:
     from auq.calibration import BaseCalibrator
 
 __all__ = ["UQ_METHODS", "RewardModel", "RewardModelConfig"]
 
-CONFIG_NAME = "auq_config.json"
-CALIBRATOR_NAME = "calibrator.json"
 DEFAULT_COUNT = 8  # K members / T passes unless given
 
 
@@ -80,7 +83,8 @@ class RewardModel(nn.Module):
         self.config = config
         self.history_: FitHistory | None = None
         self.calibrator_: BaseCalibrator | None = None
-        self._backbone_trained = False
+        #: whether the backbone's weights have trained (then fit cannot restart in place)
+        self.backbone_trained = False
         if isinstance(backbone, MemberBackbone):
             backbone.set_trainable()  # exactly the member weights train
         elif config.finetune == "frozen":
@@ -156,7 +160,7 @@ class RewardModel(nn.Module):
             Hugging Face loading options passed through: ``revision``,
             ``trust_remote_code``, ``attn_implementation``, ``device_map``.
         """
-        _check_loading(loading)
+        check_loading_options(loading)
         shortcuts = {"hidden_size": hidden_size, "bootstrap": bootstrap, "anchor": anchor}
         given = {k: v for k, v in shortcuts.items() if v is not None}
         if given and HEAD_CLASS.get(uq) != "EnsembleHead" and uq in UQ_METHODS:
@@ -183,17 +187,17 @@ class RewardModel(nn.Module):
             if finetune == "lora"
             else dict(lora_options or {}),
             seed=seed,
-            dtype=_dtype_name(dtype),
+            dtype=dtype_name(dtype),
             init_from_checkpoint=bool(init_from_checkpoint),
         )
         backbone = Backbone.from_pretrained(
             name_or_path,
             pooling=pooling,
             max_length=max_length,
-            dtype=_torch_dtype(config.dtype),
+            dtype=torch_dtype(config.dtype),
             **loading,
         )
-        config.dtype = _dtype_name(next(backbone.model.parameters()).dtype)
+        config.dtype = dtype_name(next(backbone.model.parameters()).dtype)
         backbone, head = build_layers(config, backbone)
         if backbone.is_reward_checkpoint and config.init_from_checkpoint:
             layer = backbone.score_layer
@@ -211,7 +215,7 @@ class RewardModel(nn.Module):
     # -- inputs ---------------------------------------------------------------------
     def _tokenize(self, prompts: Sequence, responses: Sequence):
         tokens = self.backbone.tokenize(list(prompts), list(responses))
-        _warn_truncation(tokens.stats, self.config.max_length)
+        warn_truncation(tokens.stats, self.config.max_length)
         return tokens
 
     def _pair_tokens(self, dataset: PreferenceDataset):
@@ -282,7 +286,7 @@ class RewardModel(nn.Module):
             if eval_dataset is None
             else as_preference_dataset(eval_dataset, name="eval_dataset")
         )
-        margin, weight = _column(train.margin), _column(train.weight)
+        margin, weight = numeric_column(train.margin), numeric_column(train.weight)
         if self.trains_backbone:
             self.history_ = self._finetune(
                 train, evaluation, margin, weight, warm_start, progress, options
@@ -306,7 +310,7 @@ class RewardModel(nn.Module):
 
     def _finetune(self, train, evaluation, margin, weight, warm_start, progress, options):
         """Train backbone and heads end to end on tokenised pairs."""
-        if self._backbone_trained and not warm_start:
+        if self.backbone_trained and not warm_start:
             raise RuntimeError(
                 "this reward model's backbone has already trained, so fit cannot start from "
                 "scratch in place; pass warm_start=True to continue training, or build a new "
@@ -327,7 +331,7 @@ class RewardModel(nn.Module):
             weight=weight,
             config=config,
         )
-        self._backbone_trained = True
+        self.backbone_trained = True
         self.head.history_ = history
         return history
 
@@ -361,8 +365,8 @@ class RewardModel(nn.Module):
         pred = dataclasses.replace(
             pred,
             method=self.config.uq,
-            chosen=_relabel(pred.chosen, self.config.uq),
-            rejected=_relabel(pred.rejected, self.config.uq),
+            chosen=relabel(pred.chosen, self.config.uq),
+            rejected=relabel(pred.rejected, self.config.uq),
             truncation=tokens.stats,
         )
         return self._apply_calibrator(pred, calibrated)
@@ -374,8 +378,7 @@ class RewardModel(nn.Module):
             )
         if self.calibrator_ is None or calibrated is False:
             return pred
-        logit = torch.as_tensor(self.calibrator_.predict_logit(pred), dtype=torch.float64)
-        return pred.calibrated(logit, type(self.calibrator_).__name__)
+        return self.calibrator_.calibrate(pred)
 
     @torch.no_grad()
     def score(
@@ -400,7 +403,7 @@ class RewardModel(nn.Module):
         RewardPrediction
             ``samples`` (S, N), ``mean`` (N,), ``var`` (N,); ``truncation`` counts.
         """
-        prompts, responses = _check_texts(prompts, responses)
+        prompts, responses = check_texts(prompts, responses)
         tokens = self._tokenize(prompts, responses)
         phi = self.backbone.encode(tokens, progress=show_progress(progress))
         pred = self.head.predict(phi).cpu()
@@ -450,33 +453,11 @@ class RewardModel(nn.Module):
             ``backbone/``; False stores only its name or path (untrained backbones only).
             Backbone-level ensembles also write their members to ``members/``.
         """
-        out = Path(save_directory)
-        model = self.backbone.model
-        if not save_backbone and (self._backbone_trained or self.config.finetune != "frozen"):
-            raise ValueError("a trained backbone must be saved: use save_backbone=True")
-        out.mkdir(parents=True, exist_ok=True)
-        config = self.config.to_dict()
-        config["dtype"] = _dtype_name(next(model.parameters()).dtype)
-        if save_backbone:
-            if self.config.finetune == "lora":
-                # adapters folded into a copy (same function); loading adds fresh identity
-                # adapters on top, so training can go on in LoRA mode
-                model = copy.deepcopy(model).merge_and_unload()
-            model.save_pretrained(out / "backbone", safe_serialization=True)
-            self.backbone.tokenizer.save_pretrained(out / "backbone")
-            config["backbone"] = "backbone"
-        write_json(out / CONFIG_NAME, {**config, "auq_version": package_version()})
-        save_head(self.head, out / "head")
-        if isinstance(self.backbone, MemberBackbone):
-            self.backbone.save_members(out / "members")
-        if self.calibrator_ is not None:
-            self.save_calibrator(out)
+        save_reward_model(self, save_directory, save_backbone=save_backbone)
 
     def save_calibrator(self, directory: str | Path) -> None:
         """Write the attached calibrator as ``calibrator.json`` into a model directory."""
-        if self.calibrator_ is None:
-            raise ValueError("no calibrator attached; call rm.calibrate(held_out_pairs) first")
-        write_json(Path(directory) / CALIBRATOR_NAME, self.calibrator_.get_state())
+        save_calibrator(self, directory)
 
     @classmethod
     def from_pretrained(
@@ -507,53 +488,7 @@ class RewardModel(nn.Module):
             Naming the file, for a malformed or incomplete config, damaged weights,
             or weights that do not match the config.
         """
-        _check_loading(loading)
-        directory = Path(directory)
-        path = directory / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{directory} has no {CONFIG_NAME}; to start from a Hugging Face model or a "
-                "TRL reward checkpoint use auq.RewardModel.from_backbone(name_or_path)"
-            )
-        raw = read_json(path, what="reward-model config", required=("backbone", "uq"))
-        raw.pop("auq_version", None)
-        try:
-            config = RewardModelConfig.from_dict(raw)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: {err}") from None
-        if dtype is not None:
-            config.dtype = _dtype_name(dtype)
-        source = config.backbone
-        if not Path(source).is_absolute() and (directory / source).is_dir():
-            source = str(directory / source)
-        backbone = Backbone.from_pretrained(
-            source,
-            pooling=config.pooling,
-            max_length=config.max_length,
-            dtype=_torch_dtype(config.dtype),
-            **loading,
-        )
-        backbone, fresh = build_layers(config, backbone)
-        if isinstance(backbone, MemberBackbone):
-            backbone.load_members(directory / "members")
-        head = load_head(directory / "head")
-        if head.get_config() != fresh.get_config():
-            raise CheckpointError(
-                f"{directory / 'head' / 'head_config.json'}: the head "
-                f"{type(head).__name__}({head.get_config()}) does not match {CONFIG_NAME}, "
-                f"which implies {type(fresh).__name__}({fresh.get_config()})"
-            )
-        model = cls(backbone, head, config).eval()
-        model._backbone_trained = model.trains_backbone and head.is_fitted
-        calibrator_path = directory / CALIBRATOR_NAME
-        if calibrator_path.is_file():
-            from auq.calibration import calibrator_from_state
-
-            state = read_json(calibrator_path, what="calibrator state")
-            try:
-                model.calibrator_ = calibrator_from_state(state)
-            except (KeyError, TypeError, ValueError) as err:
-                raise CheckpointError(f"{calibrator_path}: {err}") from None
+        model = load_reward_model(cls, directory, dtype=dtype, loading=loading)
         return model.to(device) if device is not None else model
 
     # -- display ---------------------------------------------------------------------
@@ -572,84 +507,3 @@ class RewardModel(nn.Module):
             f"features={self.backbone.hidden_size}, finetune={c.finetune!r}, "
             f"fitted={self.head.is_fitted}, calibrator={calibrator})"
         )
-
-
-# -- helpers -----------------------------------------------------------------------------
-def _check_loading(loading: dict[str, Any]) -> None:
-    unknown = sorted(set(loading) - set(LOAD_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {', '.join(unknown)}; Hugging Face loading options passed "
-            f"through are: {', '.join(LOAD_OPTIONS)}"
-        )
-
-
-def _dtype_name(dtype: torch.dtype | str | None) -> str | None:
-    if dtype is None:
-        return None
-    if isinstance(dtype, torch.dtype):
-        return str(dtype).removeprefix("torch.")
-    return str(dtype).removeprefix("torch.")
-
-
-def _torch_dtype(name: str | None) -> torch.dtype | None:
-    return None if name is None else getattr(torch, name)
-
-
-def _is_text(value: Any) -> bool:
-    if isinstance(value, str):
-        return True
-    return isinstance(value, list | tuple) and all(isinstance(m, dict) for m in value)
-
-
-def _check_texts(prompts: Any, responses: Any) -> tuple[list, list]:
-    """Validate ``score`` inputs: N texts (str or message lists), one prompt broadcast."""
-    if isinstance(responses, str):
-        responses = [responses]
-    if not isinstance(responses, Sequence) or isinstance(responses, bytes):
-        raise TypeError(
-            f"responses must be a str or a sequence of texts, got {type(responses).__name__}"
-        )
-    responses = list(responses)
-    single_prompt = isinstance(prompts, str) or (
-        isinstance(prompts, list | tuple) and len(prompts) > 0 and isinstance(prompts[0], dict)
-    )
-    if single_prompt:
-        prompts = [prompts] * len(responses)
-    elif not isinstance(prompts, Sequence):
-        raise TypeError(
-            f"prompts must be a str or a sequence of texts, got {type(prompts).__name__}"
-        )
-    prompts = list(prompts)
-    if len(prompts) != len(responses):
-        raise ValueError(
-            f"prompts and responses must have the same length, got {len(prompts)} "
-            f"and {len(responses)}"
-        )
-    if not responses:
-        raise ValueError("score needs at least one (prompt, response) pair; got 0")
-    for name, items in (("prompts", prompts), ("responses", responses)):
-        for i, item in enumerate(items):
-            if not _is_text(item):
-                raise TypeError(
-                    f"{name}[{i}] must be a str or a list of {{'role', 'content'}} messages, "
-                    f"got {type(item).__name__}"
-                )
-    return prompts, responses
-
-
-def _warn_truncation(stats: TruncationStats, max_length: int) -> None:
-    if stats.n_prompt_truncated or stats.n_response_truncated:
-        message = (
-            f"{stats} to fit max_length={max_length} tokens (counts in the prediction's "
-            "`truncation`); raise max_length to score the texts whole"
-        )
-        warnings.warn(message, UserWarning, stacklevel=4)
-
-
-def _relabel(pred: RewardPrediction | None, method: str) -> RewardPrediction | None:
-    return None if pred is None else dataclasses.replace(pred, method=method)
-
-
-def _column(values) -> Tensor | None:
-    return None if values is None else torch.as_tensor(values, dtype=torch.float32)

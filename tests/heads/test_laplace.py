@@ -12,7 +12,7 @@ from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 from sklearn.metrics import roc_auc_score
 
-from auq.heads.base import load_head, save_head
+from auq.heads.checkpoints import load_head, save_head
 from auq.heads.laplace import LaplaceHead
 
 

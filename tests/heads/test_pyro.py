@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from auq.heads.base import load_head, save_head
+from auq.heads.checkpoints import load_head, save_head
 from auq.heads.pyro_head import PyroHead
 
 

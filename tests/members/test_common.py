@@ -136,6 +136,19 @@ def test_save_then_load_gives_identical_features(model_dir, method, tmp_path):
     torch.testing.assert_close(loaded.encode(tokens), phi, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["lora", "partial", "deep"])
+def test_damaged_member_files_name_the_file(tiny_bert_dir, method, tmp_path):
+    from auq.utils.io import CheckpointError
+
+    member = _build(tiny_bert_dir, method)
+    member.save_members(tmp_path)
+    weights = sorted(tmp_path.rglob("*.safetensors"))[0]
+    weights.write_bytes(weights.read_bytes()[:100])
+    loaded = _build(tiny_bert_dir, method)
+    with pytest.raises(CheckpointError, match=weights.name):
+        loaded.load_members(tmp_path)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_fewer_than_two_members_is_refused(tiny_gpt2_dir, method):
     backbone = Backbone.from_pretrained(tiny_gpt2_dir, max_length=32)

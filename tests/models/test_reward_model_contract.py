@@ -138,7 +138,7 @@ def test_predict_says_whether_prob_is_calibrated(tiny_bert_dir, small):
         rm.predict(test, calibrated=True)
     rm.calibrate(test, method="platt")
     calibrated = rm.predict(test)
-    assert calibrated.calibrator == "PlattScaler" and "PlattScaler" in repr(calibrated)
+    assert calibrated.calibrator == "platt" and "platt" in repr(calibrated)
     assert rm.predict(test, calibrated=False).calibrator is None
     torch.testing.assert_close(calibrated.margin_mean, raw.margin_mean)
     assert torch.allclose(torch.as_tensor(rm.predict_proba(test)), calibrated.prob)
