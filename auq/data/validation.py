@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
-import sys
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from auq.utils.console import warn_user
 from auq.utils.validation import check_choice
 
 __all__ = [
@@ -41,7 +39,6 @@ NUMERIC_COLUMNS = ("margin", "weight")
 ON_ERROR = ("raise", "skip")
 VALID_ROLES = ("system", "user", "assistant", "tool")
 _ROLES_LISTED = ", ".join(map(repr, VALID_ROLES))
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 class PreferenceDataError(ValueError):
@@ -234,14 +231,6 @@ def _check_row(row: Any, numeric: list[str], implicit: bool) -> tuple[Any, bool,
     return row, conv, [_check_number(c, row.get(c)) for c in numeric]
 
 
-def _user_stacklevel() -> int:
-    """``stacklevel`` for a warning raised here that points at the first caller outside auq."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
 def validate_rows(
     rows: list[Any], on_error: str, *, where: Sequence[str] | None = None
 ) -> dict[str, Any]:
@@ -298,7 +287,7 @@ def validate_rows(
         if len(skipped) == len(rows):
             raise PreferenceDataError(f"no valid rows: all {len(rows)} rows failed; first: {first}")
         msg = f"skipped {len(skipped)} of {len(rows)} rows with invalid data (see .skipped)"
-        warnings.warn(f"{msg}; first: {first}", UserWarning, stacklevel=_user_stacklevel())
+        warn_user(f"{msg}; first: {first}")
     for c in numeric:
         cols[c] = np.asarray(cols[c], dtype=np.float64)
     return {"cols": cols, "conversational": bool(conv), "skipped": skipped}

@@ -155,11 +155,6 @@ class RewardModelConfig:
                 exclude=("backbone", "n_members", "n_passes", "train_backbone"),
             )
 
-    @property
-    def n_samples_hint(self) -> int | None:
-        """K or T: the member count or passes (None for the Bayesian heads)."""
-        return self.n_passes if self.uq == "mc_dropout" else self.n_members
-
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able dict stored as ``auq_config.json``."""
         return asdict(self)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +11,7 @@ from torch import Tensor
 
 from auq.scoring.loading import LOAD_OPTIONS
 from auq.types import RewardPrediction, TruncationStats
+from auq.utils.console import warn_user
 
 __all__ = [
     "check_loading_options",
@@ -93,7 +93,7 @@ def warn_truncation(stats: TruncationStats, max_length: int) -> None:
             f"{stats} to fit max_length={max_length} tokens (counts in the prediction's "
             "`truncation`); raise max_length to score the texts whole"
         )
-        warnings.warn(message, UserWarning, stacklevel=4)
+        warn_user(message)
 
 
 def relabel(pred: RewardPrediction | None, method: str) -> RewardPrediction | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,7 +30,12 @@ __all__ = [
     "progress_bar",
     "progress_bars_enabled",
     "show_progress",
+    "warn_user",
 ]
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+#: frames of decorators between auq and the user (``torch.no_grad`` on a method)
+_WRAPPER_FILES = (os.path.join("torch", "utils", "_contextlib.py"),)
 
 _ENV_SWITCH = "AUQ_DISABLE_PROGRESS_BARS"
 _switch: bool | None = None  # None: follow the environment variable
@@ -98,3 +104,19 @@ def progress_bar(
     kwargs.setdefault("leave", False)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, total=total, desc=desc, disable=not show_progress(enabled), **kwargs)
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` pointing at the first caller outside auq (and its decorators)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None:
+        name = os.path.abspath(frame.f_code.co_filename)
+        if not (name.startswith(_PACKAGE_DIR) or name.endswith(_WRAPPER_FILES)):
+            break
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the user's line that called into auq."""
+    warnings.warn(message, category, stacklevel=_user_stacklevel())
