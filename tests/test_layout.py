@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,8 @@ def test_lazy_wings_resolve():
     assert auq.conformal.ConformalPreference is not None
     assert auq.calibration.TemperatureScaler is not None
     assert auq.__version__ and auq.__version__ != "0+unknown"
+
+
+@pytest.mark.parametrize("module", [m for m, _ in MODULES if not m.endswith("__main__")])
+def test_every_module_imports(module):
+    importlib.import_module(module)

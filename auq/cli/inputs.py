@@ -18,7 +18,7 @@ from pathlib import Path
 
 from auq.cli.errors import CliError
 from auq.data import PreferenceDataset
-from auq.models.reward_model import CONFIG_NAME as MODEL_CONFIG
+from auq.models.checkpoints import CONFIG_NAME as MODEL_CONFIG
 from auq.utils.io import read_json
 
 __all__ = [
