@@ -58,16 +58,9 @@ __all__ = [
 ]
 
 
-def _check_alpha(alpha: Any) -> float:
-    # type first: check_probability compares before it checks the type
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
-        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
-    return check_probability("alpha", alpha, inclusive=False)
-
-
 def min_calibration_size(alpha: float) -> int:
     """Smallest n for which ``⌈(n + 1)(1 − α)⌉ ≤ n`` (a finite conformal quantile)."""
-    _check_alpha(alpha)
+    check_probability("alpha", alpha, inclusive=False)
     return max(1, math.ceil((1 - alpha) / alpha - 1e-9))
 
 
@@ -89,7 +82,7 @@ def conformal_quantile(scores: Any, alpha: float) -> float:
     ValueError
         If ``n < min_calibration_size(alpha)`` (the quantile would be infinite).
     """
-    alpha = _check_alpha(alpha)
+    alpha = check_probability("alpha", alpha, inclusive=False)
     s = as_float_array("scores", scores)
     n = len(s)
     k = math.ceil((n + 1) * (1 - alpha) - 1e-9)
@@ -168,7 +161,7 @@ class ConformalInterval(PosthocEstimator):
         self._check_options()
 
     def _check_options(self) -> None:
-        _check_alpha(self.alpha)
+        check_probability("alpha", self.alpha, inclusive=False)
 
     def fit(self, pred_mean: Any, y_true: Any, *, scale: Any = None) -> ConformalInterval:
         """Compute the quantile on calibration data.
@@ -260,7 +253,7 @@ class ConformalPreference(PosthocEstimator):
         self._check_options()
 
     def _check_options(self) -> None:
-        _check_alpha(self.alpha)
+        check_probability("alpha", self.alpha, inclusive=False)
         check_choice("source", self.source, SOURCES)
 
     def fit(self, margins: Any, labels: Any = None) -> ConformalPreference:

@@ -26,8 +26,9 @@ def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
 
 def check_probability(name: str, value: Any, *, inclusive: bool = True) -> float:
     """Return ``value`` if it lies in [0, 1] (or (0, 1) when not inclusive)."""
-    ok = 0 <= value <= 1 if inclusive else 0 < value < 1
-    if not isinstance(value, int | float) or isinstance(value, bool) or not ok:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = number and (0 <= value <= 1 if inclusive else 0 < value < 1)
+    if not ok:
         bounds = "[0, 1]" if inclusive else "(0, 1)"
         raise ValueError(f"{name} must be a number in {bounds}, got {value!r}")
     return float(value)
