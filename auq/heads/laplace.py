@@ -358,7 +358,10 @@ class LaplaceHead(LinearBayesianHead):
             ``mean = ŵᵀφ̃ + offset`` and ``var = φ̃ᵀΣφ̃``, shape (N,); ``samples`` are
             ``n_samples`` joint posterior draws ``w_sᵀφ̃ + offset``, drawn on demand.
         """
-        x = self._design(phi)
+        return self._rewards(self._design(phi))
+
+    def _rewards(self, x: Tensor) -> RewardPrediction:
+        """The closed-form prediction of N items with design ``x`` (N, d)."""
         return RewardPrediction.from_moments(
             x @ self.weight_ + self.offset_,
             self._quad_form(x),
@@ -393,7 +396,7 @@ class LaplaceHead(LinearBayesianHead):
                 f"phi_chosen and phi_rejected must have the same shape, got "
                 f"{tuple(phi_chosen.shape)} and {tuple(phi_rejected.shape)}"
             )
-        chosen, rejected = self.predict(phi_chosen), self.predict(phi_rejected)
+        chosen, rejected = self._rewards(x_c), self._rewards(x_r)
         z = x_c - x_r  # (B, d)
         return PreferencePrediction.from_gaussian_margin(
             z @ self.weight_,

@@ -34,11 +34,8 @@ def check_loading_options(loading: dict[str, Any]) -> None:
 
 
 def dtype_name(dtype: torch.dtype | str | None) -> str | None:
-    if dtype is None:
-        return None
-    if isinstance(dtype, torch.dtype):
-        return str(dtype).removeprefix("torch.")
-    return str(dtype).removeprefix("torch.")
+    """``torch.bfloat16`` or ``"torch.bfloat16"`` → ``"bfloat16"`` (None stays None)."""
+    return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def torch_dtype(name: str | None) -> torch.dtype | None:
