@@ -7,8 +7,12 @@ member k's features (``einsum("knd,kd->kn")``), and :class:`~auq.RewardModel`
 trains backbone members and heads together through its fine-tuning loop.
 
 Subclasses implement :meth:`build` (wrap an already loaded plain backbone),
-:meth:`_member_hidden` (the batched forward) and, when they hold weights beyond
-the base model, :meth:`save_members` / :meth:`load_members` (safetensors + JSON).
+:meth:`_member_hidden` (the batched forward), :attr:`rows_per_item` (rows that
+forward runs per item, which the scoring engine's token budget counts) and, when
+they hold weights beyond the base model, :meth:`save_members` / :meth:`load_members`
+(safetensors + JSON). One that can continue a shared prompt prefix
+(:mod:`auq.scoring.prefix`) overrides :meth:`forward_shared_prefix` and
+:meth:`prefix_sharing_unsupported`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from auq.backbone import Backbone, pool_hidden_states
+from auq.backbone import Backbone, model_inputs, pool_hidden_states
 
 __all__ = [
     "MEMBER_REGISTRY",
@@ -75,23 +79,43 @@ class MemberBackbone(Backbone):
     def _member_hidden(self, kwargs: dict[str, Tensor]) -> Tensor:
         """Last hidden states of every member, shape (K, B, L, d), for model kwargs of B rows."""
 
+    @property
+    def rows_per_item(self) -> int:
+        """Rows the inference forward runs per item (K members by default)."""
+        return self.n_samples
+
+    @property
+    def feature_batch_shape(self) -> tuple[int, ...]:
+        return (self.n_samples,)
+
+    def feature_settings(self) -> dict[str, Any]:
+        return {"method": self.method, "n_samples": self.n_samples, **self.get_config()}
+
+    def prefix_sharing_unsupported(self) -> str | None:
+        return f"uq={self.method!r} does not continue a shared prefix"
+
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
     ) -> Tensor:
         """Per-member features of a padded batch.
 
         Parameters
         ----------
-        input_ids, attention_mask, token_type_ids : Tensor, shape (B, L)
+        input_ids, attention_mask, token_type_ids, position_ids : Tensor, shape (B, L)
 
         Returns
         -------
         Tensor, shape (K, B, d), float32.
         """
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        hidden = self._member_hidden(kwargs)  # (K, B, L, d)
+        kwargs = model_inputs(input_ids, attention_mask, token_type_ids, position_ids)
+        return self._pool_members(self._member_hidden(kwargs), attention_mask)
+
+    def _pool_members(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """(K, B, L, d) member states → (K, B, d) float32 features (pooled with the mask)."""
         k, b, length, d = hidden.shape
         mask = attention_mask.repeat(k, 1)  # (K·B, L)
         return (
@@ -126,6 +150,7 @@ class MemberBackbone(Backbone):
             pooling=backbone.pooling,
             max_length=backbone.text_encoder.max_length,
             name_or_path=backbone.name_or_path,
+            scoring=backbone.scoring,
         )
         return member
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from auq.backbone import Backbone
 from auq.members.base import MemberBackbone, check_n_members, register_members, relative_noise
+from auq.scoring.prefix import PrefixBatch, cache_argument, output_cache, select_cache_rows
 from auq.utils.io import CheckpointError
 
 __all__ = ["DeepMembers"]
@@ -99,9 +100,32 @@ class DeepMembers(MemberBackbone):
     def get_config(self) -> dict[str, Any]:
         return {"init_noise": self.init_noise, "seed": self.seed}
 
+    @property
+    def rows_per_item(self) -> int:
+        """1: the members run one after the other, each on the B rows."""
+        return 1
+
     def _member_hidden(self, kwargs: dict[str, Tensor]) -> Tensor:
         """Last hidden states of every member, (K, B, L, d), one model after the other."""
         return torch.stack([m(**kwargs).last_hidden_state for m in self.members])
+
+    def prefix_sharing_unsupported(self) -> str | None:
+        return Backbone.prefix_sharing_unsupported(self)
+
+    def forward_shared_prefix(self, batch: PrefixBatch) -> Tensor:
+        """Features (K, n, d) of continuations, each member reusing its own prefix cache."""
+        suffix = batch.suffix
+        hidden = []
+        for model in self.members:
+            cache = output_cache(model(**batch.prefix, use_cache=True))
+            kwargs = {
+                "input_ids": suffix["input_ids"],
+                "attention_mask": batch.model_mask,
+                "position_ids": suffix["position_ids"],
+                cache_argument(model): select_cache_rows(cache, batch.prefix_rows),
+            }
+            hidden.append(model(**kwargs).last_hidden_state)
+        return self._pool_members(torch.stack(hidden), suffix["attention_mask"])
 
     # -- checkpoints --------------------------------------------------------------
     def save_members(self, directory: str | Path) -> None:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from auq.backbone import Backbone
 from auq.members.base import MemberBackbone, check_n_members, register_members
+from auq.scoring.prefix import PrefixBatch, cache_argument, output_cache, select_cache_rows
 from auq.utils.io import CheckpointError, load_safetensors
 from auq.utils.validation import check_choice, check_positive_int
 
@@ -303,8 +304,11 @@ class LoraMembers(MemberBackbone):
 
         return add_members
 
-    def _member_hidden(self, kwargs: dict[str, Tensor]) -> Tensor:
-        """Last hidden states of every member, (K, B, L, d), from one forward over K·B rows."""
+    def _run_model(self, kwargs: dict[str, Any], **extra: Any) -> Any:
+        """The base model over K·B rows (``kwargs`` repeated K times) with the members' updates.
+
+        ``extra`` goes to the model unrepeated (``use_cache``, a cache of K·B rows).
+        """
         if self.training and _checkpointing(self.model):
             raise RuntimeError(
                 "uq='lora' does not support gradient checkpointing: the recomputation in "
@@ -320,11 +324,35 @@ class LoraMembers(MemberBackbone):
             for name, lora in zip(self.target_names, self.adapters, strict=True)
         ]
         try:
-            hidden = self.model(**repeated).last_hidden_state  # (K·B, L, d)
+            return self.model(**repeated, **extra)
         finally:
             for handle in handles:
                 handle.remove()
-        return hidden.reshape(k, b, *hidden.shape[1:])
+
+    def _member_hidden(self, kwargs: dict[str, Tensor]) -> Tensor:
+        """Last hidden states of every member, (K, B, L, d), from one forward over K·B rows."""
+        hidden = self._run_model(kwargs).last_hidden_state  # (K·B, L, d)
+        return hidden.reshape(self.n_members, -1, *hidden.shape[1:])
+
+    # -- prefix sharing -------------------------------------------------------------
+    def prefix_sharing_unsupported(self) -> str | None:
+        return Backbone.prefix_sharing_unsupported(self)
+
+    def forward_shared_prefix(self, batch: PrefixBatch) -> Tensor:
+        """Features (K, n, d) of continuations: each member's prefix cache, K·G rows, reused."""
+        k, g = self.n_members, batch.prefix["input_ids"].shape[0]
+        cache = output_cache(self._run_model(batch.prefix, use_cache=True))  # K·G rows
+        member = torch.arange(k, device=batch.prefix_rows.device)[:, None]
+        rows = (member * g + batch.prefix_rows[None, :]).reshape(-1)  # member-major, K·n
+        suffix = {
+            "input_ids": batch.suffix["input_ids"],
+            "attention_mask": batch.model_mask,
+            "position_ids": batch.suffix["position_ids"],
+        }
+        cache = select_cache_rows(cache, rows)
+        out = self._run_model(suffix, **{cache_argument(self.model): cache})
+        hidden = out.last_hidden_state.reshape(k, -1, *out.last_hidden_state.shape[1:])
+        return self._pool_members(hidden, batch.suffix["attention_mask"])
 
     # -- training -----------------------------------------------------------------
     def regularizer(self) -> Tensor:

@@ -290,6 +290,12 @@ class MCDropoutMembers(MemberBackbone):
     def get_config(self) -> dict[str, Any]:
         return {"rate": self.rate, "seed": self.seed, "train_backbone": self.train_backbone}
 
+    def _check_left_padding(self) -> None:
+        raise ValueError(
+            "uq='mc_dropout' keys its dropout masks by token position, so left padding would "
+            "move tokens onto other masks; use padding_side='right'"
+        )
+
     def _member_hidden(self, kwargs: dict[str, Tensor]) -> Tensor:
         """(1, B, L, d) in training mode; (T, B, L, d) from one forward over T·B rows otherwise."""
         if self.training:

@@ -111,10 +111,5 @@ def finetune_pairs(
 
 
 def _sample_features(backbone: nn.Module, tokens: TokenizedTexts, sample: Tensor) -> Tensor:
-    """Inference features of the sampled items, shape (n, d) or (K, n, d)."""
-    was_training = backbone.training
-    backbone.eval()
-    with torch.no_grad():
-        phi = [backbone.features_of(tokens, chunk.tolist()) for chunk in sample.split(64)]
-    backbone.train(was_training)
-    return torch.cat(phi, dim=-2)
+    """Inference features of the sampled items through the scoring engine, (n, d) or (K, n, d)."""
+    return backbone.encode(tokens.subset(sample.tolist()), description="standardisation")

@@ -15,6 +15,7 @@ from auq.utils.console import warn_user
 
 __all__ = [
     "check_loading_options",
+    "check_placement",
     "check_texts",
     "dtype_name",
     "numeric_column",
@@ -30,6 +31,15 @@ def check_loading_options(loading: dict[str, Any]) -> None:
         raise TypeError(
             f"unknown option(s) {', '.join(unknown)}; Hugging Face loading options passed "
             f"through are: {', '.join(LOAD_OPTIONS)}"
+        )
+
+
+def check_placement(device: Any, loading: dict[str, Any]) -> None:
+    """``device`` and ``device_map`` place the model two ways: refuse both at once."""
+    if device is not None and loading.get("device_map") is not None:
+        raise ValueError(
+            f"give either device={device!r} or device_map={loading['device_map']!r}, not both: "
+            "device_map spreads the model over devices itself"
         )
 
 

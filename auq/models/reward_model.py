@@ -42,6 +42,7 @@ from auq.models.config import (
 from auq.models.finetune import finetune_pairs
 from auq.models.inputs import (
     check_loading_options,
+    check_placement,
     check_texts,
     dtype_name,
     numeric_column,
@@ -49,6 +50,8 @@ from auq.models.inputs import (
     torch_dtype,
     warn_truncation,
 )
+from auq.scoring.engine import ScoringOptions, ScoringStats
+from auq.scoring.prefix import prompt_groups
 from auq.types import PreferencePrediction, RewardPrediction
 from auq.utils.console import show_progress
 
@@ -112,6 +115,7 @@ class RewardModel(nn.Module):
         init_from_checkpoint: bool = True,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
+        scoring: ScoringOptions | dict[str, Any] | None = None,
         seed: int = 0,
         **loading: Any,
     ) -> RewardModel:
@@ -155,12 +159,20 @@ class RewardModel(nn.Module):
             Backbone weight dtype (float32 by default); heads compute in float32.
             Saved with the model and restored by :meth:`from_pretrained`.
         device : str or torch.device, optional
+            Where the model lives (``"cuda"``, ``"cuda:1"``, ...). For a model larger
+            than one GPU pass ``device_map="auto"`` instead (not both).
+        scoring : ScoringOptions or dict, optional
+            How the scoring engine runs: micro-batch budget, autocast precision on GPU
+            (bf16 by default there), prefix sharing, out-of-memory back-off,
+            ``torch.compile``, the feature cache (:class:`~auq.scoring.ScoringOptions`).
+            Kept as :attr:`scoring`, changeable at any time.
         seed : int
         **loading
             Hugging Face loading options passed through: ``revision``,
             ``trust_remote_code``, ``attn_implementation``, ``device_map``.
         """
         check_loading_options(loading)
+        check_placement(device, loading)
         shortcuts = {"hidden_size": hidden_size, "bootstrap": bootstrap, "anchor": anchor}
         given = {k: v for k, v in shortcuts.items() if v is not None}
         if given and HEAD_CLASS.get(uq) != "EnsembleHead" and uq in UQ_METHODS:
@@ -195,6 +207,7 @@ class RewardModel(nn.Module):
             pooling=pooling,
             max_length=max_length,
             dtype=torch_dtype(config.dtype),
+            scoring=scoring,
             **loading,
         )
         config.dtype = dtype_name(next(backbone.model.parameters()).dtype)
@@ -225,18 +238,68 @@ class RewardModel(nn.Module):
         )
         return tokens, n
 
-    def features(self, dataset: Any, *, progress: bool | None = None) -> tuple[Tensor, Tensor]:
+    def _encode(
+        self, prompts: list, responses: list, progress: bool | None, description: str, **budget
+    ):
+        """Tokens and features (N, d) or (S, N, d) of N rows through the scoring engine."""
+        tokens = self._tokenize(prompts, responses)
+        phi = self.backbone.encode(
+            tokens,
+            groups=prompt_groups(prompts),  # a prompt shared by several rows runs once
+            **budget,
+            progress=show_progress(progress),
+            description=description,
+        )
+        return tokens, phi
+
+    def _pair_features(self, dataset: PreferenceDataset, progress, **budget):
+        n = len(dataset)
+        tokens, phi = self._encode(
+            list(dataset.prompts) * 2,
+            list(dataset.chosen) + list(dataset.rejected),
+            progress,
+            "pairs",
+            **budget,
+        )
+        return tokens, phi[..., :n, :], phi[..., n:, :]
+
+    def features(
+        self,
+        dataset: Any,
+        *,
+        batch_size: int | None = None,
+        max_tokens: int | None = None,
+        progress: bool | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Features of the chosen and rejected responses, each (B, d) — (K, B, d) for members.
 
         Parameters
         ----------
         dataset : PreferenceDataset, datasets.Dataset, pandas.DataFrame or list of rows
+        batch_size, max_tokens : int, optional
+            Micro-batch limits for this call (default :attr:`scoring`'s).
         progress : bool or None
         """
         dataset = as_preference_dataset(dataset)
-        tokens, n = self._pair_tokens(dataset)
-        phi = self.backbone.encode(tokens, progress=show_progress(progress))
-        return phi[..., :n, :], phi[..., n:, :]
+        _, phi_c, phi_r = self._pair_features(
+            dataset, progress, batch_size=batch_size, max_tokens=max_tokens
+        )
+        return phi_c, phi_r
+
+    # -- the scoring engine ------------------------------------------------------------
+    @property
+    def scoring(self) -> ScoringOptions:
+        """How the scoring engine runs (:class:`~auq.scoring.ScoringOptions`); assignable."""
+        return self.backbone.scoring
+
+    @scoring.setter
+    def scoring(self, value: ScoringOptions | dict[str, Any]) -> None:
+        self.backbone.scoring = ScoringOptions.coerce(value)
+
+    @property
+    def last_scoring_stats(self) -> ScoringStats | None:
+        """What the last scoring call did: micro-batches, tokens, cache hits, shared prefixes."""
+        return self.backbone.last_scoring_stats
 
     # -- training -------------------------------------------------------------------
     @property
@@ -338,7 +401,13 @@ class RewardModel(nn.Module):
     # -- inference --------------------------------------------------------------------
     @torch.no_grad()
     def predict(
-        self, dataset: Any, *, calibrated: bool | None = None, progress: bool | None = None
+        self,
+        dataset: Any,
+        *,
+        calibrated: bool | None = None,
+        batch_size: int | None = None,
+        max_tokens: int | None = None,
+        progress: bool | None = None,
     ) -> PreferencePrediction:
         """Preference predictions for every pair of ``dataset``.
 
@@ -350,7 +419,13 @@ class RewardModel(nn.Module):
             None (default) when one is attached, True requires one, False never.
             ``pred.calibrator`` names the calibrator that was applied (None: the
             model's own predictive).
+        batch_size : int, optional
+            Texts per micro-batch at most (default ``scoring.batch_size``).
+        max_tokens : int, optional
+            Padded tokens per micro-batch, every row a method runs counted (default
+            ``scoring.max_tokens``).
         progress : bool or None
+            Progress bar; None shows it only on a terminal or in a notebook.
 
         Returns
         -------
@@ -359,9 +434,10 @@ class RewardModel(nn.Module):
             chosen/rejected rewards; ``truncation`` counts.
         """
         dataset = as_preference_dataset(dataset)
-        tokens, n = self._pair_tokens(dataset)
-        phi = self.backbone.encode(tokens, progress=show_progress(progress))
-        pred = self.head.predict_pairs(phi[..., :n, :], phi[..., n:, :]).cpu()
+        tokens, phi_c, phi_r = self._pair_features(
+            dataset, progress, batch_size=batch_size, max_tokens=max_tokens
+        )
+        pred = self.head.predict_pairs(phi_c, phi_r).cpu()
         pred = dataclasses.replace(
             pred,
             method=self.config.uq,
@@ -386,9 +462,14 @@ class RewardModel(nn.Module):
         prompts: str | Sequence,
         responses: str | Sequence,
         *,
+        batch_size: int | None = None,
+        max_tokens: int | None = None,
         progress: bool | None = None,
     ) -> RewardPrediction:
         """Rewards with uncertainty for N (prompt, response) pairs.
+
+        Rows that share a prompt (best-of-n) run it once on a causal decoder
+        (``scoring.prefix_sharing``); the result equals scoring each row alone.
 
         Parameters
         ----------
@@ -396,7 +477,13 @@ class RewardModel(nn.Module):
             A single prompt (a str, or one message list) is broadcast to every response.
         responses : str or sequence of N responses
             Plain strings, or message lists for conversational models.
+        batch_size : int, optional
+            Texts per micro-batch at most (default ``scoring.batch_size``).
+        max_tokens : int, optional
+            Padded tokens per micro-batch, every row a method runs counted (default
+            ``scoring.max_tokens``).
         progress : bool or None
+            Progress bar; None shows it only on a terminal or in a notebook.
 
         Returns
         -------
@@ -404,8 +491,9 @@ class RewardModel(nn.Module):
             ``samples`` (S, N), ``mean`` (N,), ``var`` (N,); ``truncation`` counts.
         """
         prompts, responses = check_texts(prompts, responses)
-        tokens = self._tokenize(prompts, responses)
-        phi = self.backbone.encode(tokens, progress=show_progress(progress))
+        tokens, phi = self._encode(
+            prompts, responses, progress, "scoring", batch_size=batch_size, max_tokens=max_tokens
+        )
         pred = self.head.predict(phi).cpu()
         return dataclasses.replace(pred, method=self.config.uq, truncation=tokens.stats)
 
@@ -466,6 +554,7 @@ class RewardModel(nn.Module):
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
+        scoring: ScoringOptions | dict[str, Any] | None = None,
         **loading: Any,
     ) -> RewardModel:
         """Load a model written by :meth:`save_pretrained` (safetensors and JSON only).
@@ -476,6 +565,8 @@ class RewardModel(nn.Module):
         device : str or torch.device, optional
         dtype : torch.dtype or str, optional
             Backbone weight dtype; default: the dtype the model was saved in.
+        scoring : ScoringOptions or dict, optional
+            Scoring-engine options (see :meth:`from_backbone`).
         **loading
             Hugging Face loading options (``trust_remote_code``, ``attn_implementation``,
             ``device_map``, ``revision``).
@@ -488,7 +579,10 @@ class RewardModel(nn.Module):
             Naming the file, for a malformed or incomplete config, damaged weights,
             or weights that do not match the config.
         """
+        check_placement(device, loading)
         model = load_reward_model(cls, directory, dtype=dtype, loading=loading)
+        if scoring is not None:
+            model.scoring = scoring
         return model.to(device) if device is not None else model
 
     # -- display ---------------------------------------------------------------------

@@ -1,10 +1,18 @@
-"""Length-aware micro-batching and right-padded collation of tokenised texts.
+"""Length-aware micro-batches under a token budget, and vectorised padded collation.
 
 :func:`token_budget_batches` sorts items by length and packs them into
-micro-batches whose padded size ``rows × longest`` stays under a token budget;
-the caller scatters results back with the returned indices, so the caller's order
-is kept while padding stays minimal. :func:`collate` right-pads one micro-batch.
-(Tokenisation and the truncation policy: :mod:`auq.scoring.tokenization`.)
+micro-batches whose padded size ``rows_per_item × rows × longest`` stays under a
+token budget — ``rows_per_item`` is what the model really runs per item (K for a
+LoRA ensemble's K·B rows, T for MC dropout's T·B) — so memory per forward is
+bounded whatever the method. The caller scatters results back with the returned
+indices, so the caller's order is kept while padding stays minimal.
+``bucketing=False`` keeps the caller's order instead (what a plain loop over
+fixed-size batches does; the benchmarks' baseline).
+
+:func:`collate` pads one micro-batch with array indexing over the packed ids of
+:class:`~auq.scoring.tokenization.TokenizedTexts` (no Python loop per row), on
+the right by default; with ``padding_side="left"`` it also returns the position
+ids that keep every token at the position it has unpadded.
 """
 
 from __future__ import annotations
@@ -14,12 +22,27 @@ import torch
 from torch import Tensor
 
 from auq.scoring.tokenization import TokenizedTexts
+from auq.utils.validation import check_choice, check_positive_int
 
-__all__ = ["collate", "token_budget_batches"]
+__all__ = [
+    "PADDING_SIDES",
+    "collate",
+    "pad_segments",
+    "padded_tokens",
+    "to_device",
+    "token_budget_batches",
+]
+
+PADDING_SIDES = ("right", "left")
 
 
 def token_budget_batches(
-    lengths: np.ndarray | list[int], *, max_tokens: int, max_batch_size: int | None = None
+    lengths: np.ndarray | list[int],
+    *,
+    max_tokens: int,
+    max_batch_size: int | None = None,
+    rows_per_item: int = 1,
+    bucketing: bool = True,
 ) -> list[np.ndarray]:
     """Group items into micro-batches of similar length under a padded-token budget.
 
@@ -28,28 +51,49 @@ def token_budget_batches(
     lengths : array of int, shape (N,)
         Tokens per item.
     max_tokens : int
-        Upper bound on ``rows × longest row`` per micro-batch (an item longer than
-        the budget gets a micro-batch of its own).
+        Upper bound on ``rows_per_item × items × longest item`` per micro-batch (an
+        item over the budget gets a micro-batch of its own).
     max_batch_size : int, optional
-        Upper bound on rows per micro-batch.
+        Upper bound on items per micro-batch.
+    rows_per_item : int
+        Rows the model runs per item (K members, T dropout passes; 1 for one model).
+    bucketing : bool
+        Sort by length, longest first (minimal padding; an out-of-memory error shows
+        up on the first micro-batch). False: consecutive items in the caller's order.
 
     Returns
     -------
-    list of int arrays
+    list of int64 arrays
         Indices into the input per micro-batch; together a permutation of range(N).
     """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")  # longest first: OOM shows up at once
+    check_positive_int("max_tokens", max_tokens)
+    check_positive_int("rows_per_item", rows_per_item)
+    if max_batch_size is not None:
+        check_positive_int("max_batch_size", max_batch_size)
+    lengths = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
+    if bucketing:
+        order = np.argsort(-lengths, kind="stable")
+    else:
+        order = np.arange(len(lengths), dtype=np.int64)
+    cap = max_batch_size or len(lengths) or 1
     batches: list[np.ndarray] = []
     start = 0
     while start < len(order):
-        longest = max(int(lengths[order[start]]), 1)
-        rows = max(1, max_tokens // longest)
-        if max_batch_size is not None:
-            rows = min(rows, max_batch_size)
+        if bucketing:  # sorted: the first item is the longest
+            rows = max(1, max_tokens // (rows_per_item * int(lengths[order[start]])))
+        else:  # caller's order: the longest so far sets the padded width
+            running = np.maximum.accumulate(lengths[order[start : start + cap]])
+            fits = rows_per_item * running * np.arange(1, len(running) + 1) <= max_tokens
+            rows = max(1, int(np.argmin(fits)) if not fits.all() else len(running))
+        rows = min(rows, cap)
         batches.append(order[start : start + rows])
         start += rows
     return batches
+
+
+def padded_tokens(lengths: np.ndarray, batches: list[np.ndarray]) -> int:
+    """Tokens the model runs for ``batches`` (rows × longest, summed), padding included."""
+    return int(sum(len(b) * int(lengths[b].max()) for b in batches if len(b)))
 
 
 def collate(
@@ -58,27 +102,90 @@ def collate(
     *,
     pad_token_id: int,
     device: torch.device | str | None = None,
+    padding_side: str = "right",
 ) -> dict[str, Tensor]:
-    """Right-pad the selected items into model inputs.
+    """Pad the selected items into model inputs.
+
+    Parameters
+    ----------
+    tokenized : TokenizedTexts
+    indices : int array, shape (b,)
+        Items to collate, in the order of the rows.
+    pad_token_id : int
+    device : torch.device or str, optional
+        Where the tensors go (pinned host memory and a non-blocking copy on CUDA).
+    padding_side : {"right", "left"}
+        Left padding adds ``position_ids`` (each token's position in its unpadded
+        sequence) so that results do not depend on the side.
 
     Returns
     -------
-    dict with ``input_ids`` and ``attention_mask`` (and ``token_type_ids``), each (b, L).
+    dict of Tensor, each (b, L)
+        ``input_ids``, ``attention_mask``; ``token_type_ids`` for sentence pairs;
+        ``position_ids`` with left padding.
     """
-    rows = [tokenized.input_ids[i] for i in indices]
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for j, r in enumerate(rows):
-        input_ids[j, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-        mask[j, : len(r)] = 1
-    batch = {"input_ids": input_ids, "attention_mask": mask}
-    if tokenized.token_type_ids is not None:
-        types = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, i in enumerate(indices):
-            t = tokenized.token_type_ids[i]
-            types[j, : len(t)] = torch.as_tensor(t, dtype=torch.long)
-        batch["token_type_ids"] = types
-    if device is not None:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    return batch
+    flat, offsets, flat_types = tokenized.packed
+    idx = np.asarray(indices, dtype=np.int64)
+    starts, lengths = offsets[idx], offsets[idx + 1] - offsets[idx]  # (b,)
+    ids, real, gather, source = pad_segments(
+        flat, starts, lengths, pad_value=pad_token_id, padding_side=padding_side
+    )
+    batch = {
+        "input_ids": torch.from_numpy(ids),
+        "attention_mask": torch.from_numpy(real.astype(np.int64)),
+    }
+    if flat_types is not None:
+        batch["token_type_ids"] = torch.from_numpy(np.where(real, flat_types[gather], 0))
+    if padding_side == "left":
+        batch["position_ids"] = torch.from_numpy(np.maximum(source, 0))
+    return to_device(batch, device)
+
+
+def pad_segments(
+    flat: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    pad_value: int,
+    padding_side: str = "right",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pad segments ``flat[starts[i] : starts[i] + lengths[i]]`` into rows, vectorised.
+
+    Parameters
+    ----------
+    flat : int array, shape (T,)
+    starts, lengths : int arrays, shape (b,)
+    pad_value : int
+    padding_side : {"right", "left"}
+
+    Returns
+    -------
+    values : int64 array, shape (b, L)
+        The segments, padded with ``pad_value`` to the longest (L ≥ 1).
+    real : bool array, shape (b, L)
+        True at the segments' tokens.
+    gather : int64 array, shape (b, L)
+        Position in ``flat`` of each token (0 at padding).
+    source : int64 array, shape (b, L)
+        Each column's position inside its segment (negative in left padding).
+    """
+    check_choice("padding_side", padding_side, PADDING_SIDES)
+    width = max(int(lengths.max()), 1) if len(lengths) else 1
+    columns = np.arange(width, dtype=np.int64)  # (L,)
+    if padding_side == "right":
+        source = np.broadcast_to(columns[None, :], (len(lengths), width))  # column j: token j
+    else:
+        source = columns[None, :] - (width - lengths)[:, None]  # tokens end at column L − 1
+    real = (source >= 0) & (source < lengths[:, None])  # (b, L)
+    gather = np.where(real, starts[:, None] + source, 0)
+    return np.where(real, flat[gather], pad_value), real, gather, source
+
+
+def to_device(batch: dict[str, Tensor], device: torch.device | str | None) -> dict[str, Tensor]:
+    """Move a collated batch (pinned host memory and a non-blocking copy on CUDA)."""
+    if device is None:
+        return batch
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in batch.items()}

@@ -63,6 +63,7 @@ import json
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -88,14 +89,51 @@ class TokenizedTexts:
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     stats: TruncationStats = field(default_factory=TruncationStats)
+    _packed: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def lengths(self) -> np.ndarray:
         """Tokens per item, shape (N,)."""
-        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self))
+        return np.diff(self.packed[1])
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def packed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The ids as one flat array, for vectorised collation (built once, then cached).
+
+        Returns
+        -------
+        (flat_ids, offsets, flat_type_ids)
+            ``flat_ids`` int64 (T,) — every item's ids one after the other;
+            ``offsets`` int64 (N + 1,) — item i is ``flat_ids[offsets[i]:offsets[i + 1]]``;
+            ``flat_type_ids`` the same layout for segment ids, or None.
+        """
+        if self._packed is None:
+            lengths = np.fromiter(map(len, self.input_ids), dtype=np.int64, count=len(self))
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            total = int(offsets[-1])
+            flat = np.fromiter(chain.from_iterable(self.input_ids), dtype=np.int64, count=total)
+            types = None
+            if self.token_type_ids is not None:
+                types = np.fromiter(
+                    chain.from_iterable(self.token_type_ids), dtype=np.int64, count=total
+                )
+            self._packed = (flat, offsets, types)
+        return self._packed
+
+    def subset(self, indices: np.ndarray | list[int]) -> TokenizedTexts:
+        """The selected items (same order as ``indices``), sharing no state with ``self``."""
+        types = self.token_type_ids
+        return TokenizedTexts(
+            input_ids=[self.input_ids[i] for i in indices],
+            token_type_ids=None if types is None else [types[i] for i in indices],
+            stats=self.stats,
+        )
 
 
 @dataclass

@@ -52,3 +52,28 @@ def llama_tokenizer():
 def make_llama_tokenizer():
     """The builder itself, for tests that need a fresh tokenizer to change."""
     return build_llama_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A 2-layer Llama decoder (rotary positions, grouped-query attention), random weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = build_llama_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    LlamaModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
