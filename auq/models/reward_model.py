@@ -407,6 +407,7 @@ class RewardModel(nn.Module):
         calibrated: bool | None = None,
         batch_size: int | None = None,
         max_tokens: int | None = None,
+        distributed: bool = False,
         progress: bool | None = None,
     ) -> PreferencePrediction:
         """Preference predictions for every pair of ``dataset``.
@@ -424,6 +425,9 @@ class RewardModel(nn.Module):
         max_tokens : int, optional
             Padded tokens per micro-batch, every row a method runs counted (default
             ``scoring.max_tokens``).
+        distributed : bool
+            In processes started by ``torchrun`` / ``accelerate launch``: each rank
+            passes the same inputs, scores its slice, and gets the whole result.
         progress : bool or None
             Progress bar; None shows it only on a terminal or in a notebook.
 
@@ -435,7 +439,11 @@ class RewardModel(nn.Module):
         """
         dataset = as_preference_dataset(dataset)
         tokens, phi_c, phi_r = self._pair_features(
-            dataset, progress, batch_size=batch_size, max_tokens=max_tokens
+            dataset,
+            progress,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            distributed=distributed,
         )
         pred = self.head.predict_pairs(phi_c, phi_r).cpu()
         pred = dataclasses.replace(
@@ -464,6 +472,7 @@ class RewardModel(nn.Module):
         *,
         batch_size: int | None = None,
         max_tokens: int | None = None,
+        distributed: bool = False,
         progress: bool | None = None,
     ) -> RewardPrediction:
         """Rewards with uncertainty for N (prompt, response) pairs.
@@ -482,6 +491,9 @@ class RewardModel(nn.Module):
         max_tokens : int, optional
             Padded tokens per micro-batch, every row a method runs counted (default
             ``scoring.max_tokens``).
+        distributed : bool
+            In processes started by ``torchrun`` / ``accelerate launch``: each rank
+            passes the same inputs, scores its slice, and gets the whole result.
         progress : bool or None
             Progress bar; None shows it only on a terminal or in a notebook.
 
@@ -492,7 +504,13 @@ class RewardModel(nn.Module):
         """
         prompts, responses = check_texts(prompts, responses)
         tokens, phi = self._encode(
-            prompts, responses, progress, "scoring", batch_size=batch_size, max_tokens=max_tokens
+            prompts,
+            responses,
+            progress,
+            "scoring",
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            distributed=distributed,
         )
         pred = self.head.predict(phi).cpu()
         return dataclasses.replace(pred, method=self.config.uq, truncation=tokens.stats)
