@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from auq import data, heads, metrics, uncertainty
+from auq import data, heads, metrics, objectives, uncertainty
 from auq.data import PreferenceDataError, PreferenceDataset, load_builtin_preferences, symmetrize
 from auq.models import UQ_METHODS, RewardModel, RewardModelConfig
 from auq.types import PreferencePrediction, RewardPrediction
@@ -51,6 +51,7 @@ __all__ = [
     "heads",
     "load_builtin_preferences",
     "metrics",
+    "objectives",
     "plotting",
     "symmetrize",
     "uncertainty",

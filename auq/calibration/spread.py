@@ -253,6 +253,17 @@ class SpreadScaler(PosthocEstimator):
         """Alias of :meth:`transform` (every calibrator has ``calibrate(pred)``)."""
         return self.transform(pred)
 
+    def transform_rewards(self, rewards: RewardPrediction) -> RewardPrediction:
+        """Rewards with the fitted spread (and temperature): ``r' = E[r]/T + s(r − E[r])``.
+
+        What :meth:`transform` does to a pair's two sides, for N single responses
+        (the penalised objectives read the calibrated spread through it).
+        """
+        self._check_fitted()
+        if not isinstance(rewards, RewardPrediction):
+            raise ValueError(f"rewards must be a RewardPrediction, got {type(rewards).__name__}")
+        return _scale_reward(rewards, self.spread_, self.temperature_)
+
 
 def _scale_reward(rp: RewardPrediction | None, s: float, t: float) -> RewardPrediction | None:
     if rp is None:

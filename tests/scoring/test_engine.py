@@ -9,7 +9,6 @@ tolerance 1e-5 absolute.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -71,7 +70,7 @@ def case(request):
 
 
 def test_bucketed_and_micro_batched_equal_plain(case):
-    kind, backbone, tokens, expected = case
+    _, backbone, tokens, expected = case
     torch.testing.assert_close(backbone.encode(tokens), expected, rtol=0, atol=ATOL)
     small = backbone.encode(tokens, max_tokens=int(tokens.lengths.max()) * 2)
     torch.testing.assert_close(small, expected, rtol=0, atol=ATOL)
@@ -127,7 +126,7 @@ def _oom_hooks(backbone: Backbone, limit: int):
 
 
 def test_out_of_memory_back_off_loses_nothing(case):
-    kind, backbone, tokens, expected = case
+    _, backbone, tokens, expected = case
     limit = int(tokens.lengths.max()) * backbone.rows_per_item * 2
     handles = _oom_hooks(backbone, limit)
     try:
