@@ -189,18 +189,17 @@ class FeatureCache:
 
         folder = self.directory / fingerprint
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{block_hash}.safetensors"
-        if not path.exists():
-            keys = torch.from_numpy(np.frombuffer(b"".join(digests), dtype=np.uint8).copy())
-            tensors = {"features": features, "digests": keys.view(len(digests), _DIGEST_BYTES)}
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".block.", suffix=".tmp")
-            os.close(fd)
-            try:
-                save_file(tensors, tmp)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        path = folder / f"{block_hash}.safetensors"  # (re)written whole: a damaged one is replaced
+        keys = torch.from_numpy(np.frombuffer(b"".join(digests), dtype=np.uint8).copy())
+        tensors = {"features": features, "digests": keys.view(len(digests), _DIGEST_BYTES)}
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".block.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
     def _scan_disk(self, fingerprint: str) -> None:

@@ -194,3 +194,41 @@ def test_scoring_options_are_checked():
         ScoringOptions().replace(max_token=5)
     with pytest.raises(ValueError, match="max_tokens must be an integer >= 1"):
         ScoringOptions(max_tokens=0)
+
+
+def test_compile_option_gives_the_same_features(tiny_gpt2_dir):
+    pytest.importorskip("torch._dynamo")
+    bb = Backbone.from_pretrained(tiny_gpt2_dir, max_length=128, scoring={"compile": True})
+    tokens = bb.tokenize(PROMPTS, RESPONSES)
+    compiled = bb.encode(tokens, feature_cache=False)
+    assert bb._compiled is not None
+    bb.scoring.compile = False
+    torch.testing.assert_close(compiled, bb.encode(tokens, feature_cache=False), atol=1e-5, rtol=0)
+    with pytest.raises(TypeError, match="compile is a setting of the model"):
+        bb.encode(tokens, compile=True)
+
+
+#: batch invariance per precision: |Δ feature| between a text scored alone and in any batch,
+#: any micro-batch size or padding side (features are of order 1). bf16 and fp16 kernels sum
+#: in another order for another batch shape, so only fp32 is invariant to float rounding.
+INVARIANCE_ATOL = {"fp32": 1e-5, "fp16": 3e-3, "bf16": 3e-2, "bf16-weights": 3e-2}
+
+
+@pytest.mark.parametrize("weights", [None, torch.bfloat16], ids=["fp32-weights", "bf16-weights"])
+@pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_gpt2_dir"])
+def test_batch_invariance_per_precision(fixture, weights, request):
+    bb = Backbone.from_pretrained(request.getfixturevalue(fixture), max_length=128, dtype=weights)
+    tokens = bb.tokenize(PROMPTS, RESPONSES)
+    precisions = ["bf16-weights"] if weights else ["fp32", "fp16", "bf16"]
+    for precision in precisions:
+        autocast = "fp32" if weights else precision
+        alone = bb.encode(tokens, batch_size=1, bucketing=False, precision=autocast)
+        for options in ({}, {"max_tokens": 64}, {"padding_side": "left"}, {"bucketing": False}):
+            got = bb.encode(tokens, precision=autocast, prefix_sharing=False, **options)
+            torch.testing.assert_close(
+                got,
+                alone,
+                rtol=0,
+                atol=INVARIANCE_ATOL[precision],
+                msg=lambda m, p=precision, o=options: f"{p}, {o}: {m}",
+            )
