@@ -250,7 +250,9 @@ class RewardModel(nn.Module):
             progress=show_progress(progress),
             description=description,
         )
-        return tokens, phi
+        # with device_map the backbone's last layer may sit on another device than the head
+        head_device = next(iter(self.head.state_dict().values())).device
+        return tokens, phi.to(head_device)
 
     def _pair_features(self, dataset: PreferenceDataset, progress, **budget):
         n = len(dataset)

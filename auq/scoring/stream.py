@@ -40,6 +40,7 @@ Many processes
 from __future__ import annotations
 
 import contextlib
+import glob
 import heapq
 import json
 import os
@@ -290,8 +291,7 @@ class RowSource:
         """``(chunk index, rows)`` of the chunks rank ``rank`` of ``world`` scores."""
         n_chunks = -(-self.n_rows // chunk_size)
         return [
-            (c, min(chunk_size, self.n_rows - c * chunk_size))
-            for c in range(rank, n_chunks, world)
+            (c, min(chunk_size, self.n_rows - c * chunk_size)) for c in range(rank, n_chunks, world)
         ]
 
 
@@ -344,15 +344,11 @@ def open_source(path: str | Path, *, id_field: str = "id", name: str = "DATA") -
     if n_rows == 0:
         raise StreamError(f"{name} {str(path)!r} has no rows to score")
     source = RowSource(path, id_field, n_rows)
-    first = next(iter(source.raw_chunks(1)))
     _check_columns(source, name)
-    source.ids_from_field = _first_has_id(source, first.items[0])
-    source.id_kind = str
-    if source.ids_from_field:
-        source.id_kind = type(source.parse(RawChunk(0, 0, first.items)).ids[0])
-        source.id_kind = str if source.id_kind is str else int
-    else:
-        source.id_kind = int
+    first = next(source.raw_chunks(1))
+    first_id = _first_id(source, first.items[0])
+    source.ids_from_field = first_id is not _ABSENT
+    source.id_kind = str if isinstance(first_id, str) else int
     source.parse(first)  # the first row must be readable before any model loads
     return source
 
@@ -369,14 +365,17 @@ def _check_columns(source: RowSource, name: str) -> None:
             )
 
 
-def _first_has_id(source: RowSource, item: Any) -> bool:
+_ABSENT = object()
+
+
+def _first_id(source: RowSource, item: Any) -> Any:
+    """The first row's id field (``_ABSENT`` without one; ``parse`` names a bad line)."""
     if source.is_parquet:
-        return item.get(source.id_field) is not None or source.id_field in item
+        return item.get(source.id_field, _ABSENT)
     try:
-        obj = _decode_json_line(item[1])
+        return _decode_json_line(item[1]).get(source.id_field, _ABSENT)
     except RowError:
-        return False  # parse() names the line
-    return source.id_field in obj
+        return _ABSENT
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -647,9 +646,9 @@ class ScoreStream:
     def _other_world_parts(self) -> list[Path]:
         if self.parquet or not self.out.parent.is_dir():
             return []
-        prefix, own = f"{self.out.name}.rank", {self._rank_path(r) for r in range(self.world)}
-        found = self.out.parent.glob(f"{glob_escape(self.out.name)}.rank*-of-*")
-        return sorted(p for p in found if p.name.startswith(prefix) and p not in own)
+        own = {self._rank_path(r) for r in range(self.world)}
+        found = self.out.parent.glob(f"{glob.escape(self.out.name)}.rank*-of-*")
+        return sorted(p for p in found if p not in own)
 
     def _check_path(self) -> None:
         if self.out.is_dir():
@@ -724,7 +723,7 @@ class ScoreStream:
         for raw in self.source.raw_chunks(size):
             if raw.start in self.done_chunks:
                 chunk = self.source.parse(raw)
-                self._verify(_parquet_rows(done[raw.start][1]), zip(_rows_of(chunk), chunk.ids))
+                self._verify(_parquet_rows(done[raw.start][1]), _pairs(chunk))
         if not self.done_chunks and done:  # this rank has none; check the fields anyway
             first = done[min(done)][1]
             self._check_template(*next(_parquet_rows(first)))
@@ -733,8 +732,7 @@ class ScoreStream:
         """``(row, id)`` of this rank's rows, in the order it writes them."""
         for raw in self.source.raw_chunks(self.chunk_size):
             if raw.index % self.world == self.rank:
-                chunk = self.source.parse(raw)
-                yield from zip(_rows_of(chunk), chunk.ids)
+                yield from _pairs(self.source.parse(raw))
 
     def _check_complete(self, written: Iterator[tuple[str, dict[str, Any]]]) -> None:
         """An existing merged output must hold every input row, in order."""
@@ -873,12 +871,12 @@ class ScoreStream:
 
     def _check_scored(self, chunk: Chunk, scored: ScoredChunk) -> None:
         if list(scored.columns) != list(self.fields):
-            raise ValueError(
+            raise RuntimeError(
                 f"the scorer returned fields {list(scored.columns)}, expected {list(self.fields)}"
             )
         for name, values in scored.columns.items():
             if np.shape(values)[0] != len(chunk):
-                raise ValueError(
+                raise RuntimeError(
                     f"the scorer returned {np.shape(values)[0]} values of {name!r} for a chunk "
                     f"of {len(chunk)} rows"
                 )
@@ -929,8 +927,11 @@ class ScoreStream:
             expected = 0
             for row, line in heapq.merge(*streams, key=lambda pair: pair[0]):
                 if row != expected:
-                    raise StreamError(f"cannot merge the parts of {self._label}: row {expected} "
-                                      f"is {'missing' if row > expected else 'written twice'}")  # fmt: skip
+                    how = "missing" if row > expected else "written twice"
+                    raise StreamError(
+                        f"cannot merge the parts of {self._label}: row {expected} is {how}; "
+                        "the parts are kept"
+                    )
                 f.write(line)
                 expected += 1
             self._check_merged(expected)
@@ -971,11 +972,6 @@ class ScoreStream:
                 f"cannot merge the parts of {self._label}: they hold rows 0..{n - 1} in order, "
                 f"not all {self.source.n_rows} rows of DATA; the parts are kept (--resume)"
             )
-
-
-def glob_escape(name: str) -> str:
-    """``name`` with glob's special characters escaped."""
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def _rows_of(chunk: Chunk) -> range:
@@ -1027,9 +1023,8 @@ def _sum_over_ranks(values: list[int], world: int) -> list[int]:
     import torch
     import torch.distributed as dist
 
-    device = torch.device("cuda", torch.cuda.current_device()) if (
-        dist.get_backend() == "nccl"
-    ) else torch.device("cpu")  # fmt: skip
+    on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu"
     tensor = torch.tensor(values, dtype=torch.int64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()

@@ -172,3 +172,19 @@ def test_fit_rejects_non_datasets_and_unknown_options(tiny_bert_dir, builtin_sma
 def test_from_pretrained_on_a_plain_directory_explains(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no auq_config.json.*from_backbone"):
         auq.RewardModel.from_pretrained(tmp_path)
+
+
+def test_device_map_is_passed_through_and_excludes_device(tiny_gpt2_dir):
+    rm = auq.RewardModel.from_backbone(tiny_gpt2_dir, n_members=2, device_map={"": "cpu"})
+    plain = auq.RewardModel.from_backbone(tiny_gpt2_dir, n_members=2)
+    for model in (rm, plain):
+        model.head.fitted_.fill_(True)
+    torch.testing.assert_close(rm.score("hi", [" a", " b"]).mean, plain.score("hi", [" a", " b"]).mean)
+    with pytest.raises(ValueError, match="either device='cpu' or device_map=.*not both"):
+        auq.RewardModel.from_backbone(tiny_gpt2_dir, device="cpu", device_map="auto")
+
+
+def test_backbones_use_sdpa_attention(tiny_gpt2_dir, tiny_bert_dir):
+    for path in (tiny_gpt2_dir, tiny_bert_dir):
+        rm = auq.RewardModel.from_backbone(path, n_members=2)
+        assert rm.backbone.model.config._attn_implementation == "sdpa"
