@@ -35,6 +35,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -95,6 +115,90 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"{stage:8}" + "".join(f"{'n/a' if v is None else f'{v:.4f}':>10}" for v in values))
     print(f"report and plots in {args.out}; calibrator stored in {args.model_dir}")
     return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from auq.cli.score import score_saved_model, summary_line
+
+    summary = score_saved_model(
+        args.model_dir,
+        args.data,
+        out=args.out,
+        resume=args.resume,
+        samples=args.samples,
+        objective=args.objective,
+        lam=args.lam,
+        k=args.k,
+        beta=args.beta,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        chunk_size=args.chunk_size,
+        id_field=args.id_field,
+        device=args.device,
+        precision=args.precision,
+        progress=False if args.no_progress else None,  # None: only on a terminal
+    )
+    if summary.rank == 0:
+        print(summary_line(summary))
+    return 0
+
+
+def _add_score(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser) -> None:
+    from auq.objectives import OBJECTIVES
+    from auq.scoring.engine import PRECISIONS
+
+    score = sub.add_parser(
+        "score",
+        parents=[debug],
+        help="score a JSONL/Parquet file of (prompt, response) rows with a saved reward model",
+        description="Stream DATA (rows with 'prompt', 'response' and an optional id) through "
+        "a saved reward model and write one row per input to --out: id, row, mean, std (and "
+        "samples, reward). Chunks are written as they finish; --resume goes on after an "
+        "interrupted run. Under torchrun / accelerate launch the chunks are shared by the "
+        "processes and rank 0 merges their parts.",
+    )
+    score.add_argument("model_dir", metavar="MODEL_DIR", help="a directory from save_pretrained")
+    score.add_argument(
+        "data", metavar="DATA", help="JSONL file (or .parquet) with prompt and response fields"
+    )
+    score.add_argument(
+        "--out", required=True, metavar="FILE", help="JSONL output, Parquet if it ends in .parquet"
+    )
+    score.add_argument(
+        "--resume", action="store_true", help="go on after the rows an interrupted run wrote"
+    )
+    score.add_argument(
+        "--samples", action="store_true", help="also write the S member/posterior rewards"
+    )
+    score.add_argument(
+        "--objective", choices=OBJECTIVES, default=None, help="also write this penalised reward"
+    )
+    score.add_argument("--lam", type=_non_negative, default=0.5, help="λ of uwo (default 0.5)")
+    score.add_argument("--k", type=_non_negative, default=1.0, help="k of lcb (default 1.0)")
+    score.add_argument("--beta", type=_positive, default=1.0, help="β of effective (default 1.0)")
+    score.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="texts per micro-batch at most"
+    )
+    score.add_argument(
+        "--max-tokens", type=_positive_int, default=None, help="padded tokens per micro-batch"
+    )
+    score.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=4096,
+        help="rows read, scored and written at a time (default 4096)",
+    )
+    score.add_argument(
+        "--id-field", default="id", help="the field of the row ids (default id; else row numbers)"
+    )
+    score.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N (default: each process's GPU when there is one, else cpu)",
+    )
+    score.add_argument("--precision", choices=PRECISIONS, default="auto")
+    score.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    score.set_defaults(func=_score)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument("--seed", type=int, default=0)
     cal.set_defaults(func=_calibrate)
+    _add_score(sub, debug)
     return parser
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from auq.scoring.loading import LOAD_OPTIONS
-from auq.types import RewardPrediction, TruncationStats
+from auq.types import RewardPrediction, TruncationStats, TruncationWarning
 from auq.utils.console import warn_user
 
 __all__ = [
@@ -100,7 +100,7 @@ def warn_truncation(stats: TruncationStats, max_length: int) -> None:
             f"{stats} to fit max_length={max_length} tokens (counts in the prediction's "
             "`truncation`); raise max_length to score the texts whole"
         )
-        warn_user(message)
+        warn_user(message, TruncationWarning)
 
 
 def relabel(pred: RewardPrediction | None, method: str) -> RewardPrediction | None:

@@ -151,11 +151,17 @@ def _check_text(name: str, value: Any, *, allow_empty: bool = False) -> bool:
 
 def _decode_json_line(raw: bytes) -> dict[str, Any]:
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").rstrip("\r\n")  # columns are of this line
     except UnicodeDecodeError as err:
         raise RowError(
             None, f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
         ) from None
+    if text.startswith("\ufeff"):
+        raise RowError(
+            None,
+            "the line starts with a UTF-8 byte-order mark (BOM), which JSON Lines does not "
+            "allow; save the file as UTF-8 without a BOM",
+        )
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
@@ -762,7 +768,7 @@ class ScoreStream:
             if want is None:
                 raise StreamError(
                     f"{self._label} was written for other data: {where} holds row "
-                    f"{obj['row']}, which DATA ({self.source.n_rows} rows) does not hold here; "
+                    f"{obj['row']}, past the rows of DATA ({self.source.n_rows}) it should hold; "
                     "choose another output path"
                 )
             if (obj["row"], obj["id"]) != want:
@@ -921,9 +927,7 @@ class ScoreStream:
     def _merge_jsonl(self) -> None:
         parts = [_JsonlPart(self._rank_path(r)) for r in range(self.world)]
         streams = [((json.loads(line)["row"], line) for _, line in p.lines()) for p in parts]
-        temp = self.out.with_name(f".{self.out.name}.merging")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(temp, "wb") as f:
+        with _replacing(self.out) as temp, open(temp, "wb") as f:
             expected = 0
             for row, line in heapq.merge(*streams, key=lambda pair: pair[0]):
                 if row != expected:
@@ -935,35 +939,25 @@ class ScoreStream:
                 f.write(line)
                 expected += 1
             self._check_merged(expected)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, self.out)
-        _fsync_dir(self.out.parent)
         for part in parts:
             part.path.unlink(missing_ok=True)
 
     def _merge_parquet(self) -> None:
         pq = _parquet("the output")
-        done, expected = self.parts.done(), 0
-        temp = self.out.with_name(f".{self.out.name}.merging")
-        writer = None
-        try:
-            for start in sorted(done):
-                if start != expected:
-                    break
-                table = pq.read_table(done[start][1])
-                if writer is None:
-                    writer = pq.ParquetWriter(temp, table.schema)
-                writer.write_table(table.cast(writer.schema))
-                expected = done[start][0]
-            self._check_merged(expected)
-        finally:
-            if writer is not None:
-                writer.close()
-        with open(temp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(temp, self.out)
-        _fsync_dir(self.out.parent)
+        done, expected, writer = self.parts.done(), 0, None
+        with _replacing(self.out) as temp:
+            try:
+                for start in sorted(done):
+                    if start != expected:
+                        break
+                    table = pq.read_table(done[start][1])
+                    writer = writer or pq.ParquetWriter(temp, table.schema)
+                    writer.write_table(table.cast(writer.schema))
+                    expected = done[start][0]
+                self._check_merged(expected)
+            finally:
+                if writer is not None:
+                    writer.close()
         shutil.rmtree(self.parts.dir)
 
     def _check_merged(self, n: int) -> None:
@@ -972,6 +966,21 @@ class ScoreStream:
                 f"cannot merge the parts of {self._label}: they hold rows 0..{n - 1} in order, "
                 f"not all {self.source.n_rows} rows of DATA; the parts are kept (--resume)"
             )
+
+
+@contextlib.contextmanager
+def _replacing(out: Path) -> Iterator[Path]:
+    """A temporary path next to ``out``; renamed onto it (durably) when the block succeeds."""
+    temp = out.with_name(f".{out.name}.merging")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield temp
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, out)
+    finally:
+        temp.unlink(missing_ok=True)
+    _fsync_dir(out.parent)
 
 
 def _rows_of(chunk: Chunk) -> range:

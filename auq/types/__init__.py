@@ -24,7 +24,7 @@ from auq.types.samplers import (
     move_sampler,
     select_sampler,
 )
-from auq.types.truncation import TruncationStats
+from auq.types.truncation import TruncationStats, TruncationWarning
 
 __all__ = [
     "DEFAULT_N_SAMPLES",
@@ -37,6 +37,7 @@ __all__ = [
     "RewardPrediction",
     "Sampler",
     "TruncationStats",
+    "TruncationWarning",
     "move_sampler",
     "select_sampler",
 ]

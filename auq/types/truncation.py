@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TruncationStats"]
+__all__ = ["TruncationStats", "TruncationWarning"]
+
+
+class TruncationWarning(UserWarning):
+    """Texts were cut to fit ``max_length`` (the counts are in the prediction's ``truncation``).
+
+    A category of its own, so that a caller who reports the counts itself (``auq score``
+    sums them over chunks) can silence the per-call warning with
+    ``warnings.simplefilter("ignore", TruncationWarning)``.
+    """
 
 
 @dataclass
