@@ -69,10 +69,6 @@ class PrefixGroups:
     prefix_lengths: np.ndarray
     unshared: np.ndarray
 
-    @property
-    def n_shared(self) -> int:
-        return int(sum(len(g) for g in self.items))
-
 
 def plan_prefix_groups(
     tokenized: TokenizedTexts,
@@ -107,21 +103,15 @@ def plan_prefix_groups(
         groups, return_index=True, return_inverse=True, return_counts=True
     )
     lengths = np.diff(offsets)
-    common = lengths.copy()  # per item: tokens shared with its group's first item
+    common = np.empty(n, dtype=np.int64)  # per item: tokens shared with its group's first item
     for lo in range(0, n, _BLOCK):
-        hi = min(lo + _BLOCK, n)
-        mine = np.arange(lo, hi)
+        mine = np.arange(lo, min(lo + _BLOCK, n))
         ref = first[inverse[mine]]
-        width = int(np.minimum(lengths[mine], lengths[ref]).max(initial=0))
-        if width == 0:
-            common[mine] = 0
-            continue
-        a, valid_a, _, _ = pad_segments(flat, offsets[mine], lengths[mine], pad_value=-1)
-        b, valid_b, _, _ = pad_segments(flat, offsets[ref], lengths[ref], pad_value=-2)
-        a, b = _fit(a, width), _fit(b, width)
-        same = (a == b) & _fit(valid_a, width) & _fit(valid_b, width)  # (blk, W)
-        differs = ~same
-        common[mine] = np.where(differs.any(1), differs.argmax(1), width)
+        both = np.minimum(lengths[mine], lengths[ref])  # compare where both have tokens
+        a, valid, _, _ = pad_segments(flat, offsets[mine], both, pad_value=0)
+        b, _, _, _ = pad_segments(flat, offsets[ref], both, pad_value=0)
+        differs = (a != b) & valid  # (block, W)
+        common[mine] = np.where(differs.any(1), differs.argmax(1), both)
     shared = np.minimum(common, np.asarray(read_positions, dtype=np.int64))  # stays before reads
     prefix = np.full(len(first), np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(prefix, inverse, shared)
@@ -132,14 +122,6 @@ def plan_prefix_groups(
     items = [members[g] for g in np.flatnonzero(usable)]
     unshared = np.sort(np.concatenate([members[g] for g in np.flatnonzero(~usable)] or [[]]))
     return PrefixGroups(items, prefix[usable], unshared.astype(np.int64))
-
-
-def _fit(values: np.ndarray, width: int) -> np.ndarray:
-    """Cut or pad (with the first column's "no" value) an array to ``width`` columns."""
-    if values.shape[1] >= width:
-        return values[:, :width]
-    pad = np.zeros((values.shape[0], width - values.shape[1]), dtype=values.dtype)
-    return np.concatenate([values, pad], axis=1)
 
 
 @dataclass
