@@ -57,6 +57,7 @@ from auq.scoring.prefix import (
     cache_argument,
     output_cache,
     plan_prefix_groups,
+    prefix_batch_tokens,
     prefix_batches,
     select_cache_rows,
     split_prefix_batch,
@@ -690,25 +691,30 @@ class Backbone(nn.Module):
         )
 
     def _prefix_work(self, tokenized, groups: list[np.ndarray], lengths: list[int]) -> Work:
-        batch = build_prefix_batch(
-            tokenized,
-            groups,
-            lengths,
-            pad_token_id=self.tokenizer.pad_token_id,
-            device=self.device,
-        )
+        padded, real = prefix_batch_tokens(tokenized, groups, lengths)
+
+        def run() -> Tensor:  # collated when it runs: planned works hold no tensors
+            batch = build_prefix_batch(
+                tokenized,
+                groups,
+                lengths,
+                pad_token_id=self.tokenizer.pad_token_id,
+                device=self.device,
+            )
+            return self.forward_shared_prefix(batch)
 
         def split() -> list[Work]:
             halves = split_prefix_batch(groups, lengths)
             return [self._prefix_work(tokenized, g, p) for g, p in halves]
 
+        items = np.concatenate(groups)
         return Work(
-            items=batch.items,
-            padded_tokens=self.rows_per_item * batch.padded_tokens,
-            real_tokens=batch.real_tokens,
-            run=lambda: self.forward_shared_prefix(batch),
+            items=items,
+            padded_tokens=self.rows_per_item * padded,
+            real_tokens=real,
+            run=run,
             split=split,
-            n_prefix_shared=len(batch.items),
+            n_prefix_shared=len(items),
             n_prefix_groups=len(groups),
         )
 

@@ -302,6 +302,7 @@ def run_work(
                 if parts:
                     pending.extend(reversed(parts))
                     continue
+            phi = None
             try:
                 with torch.inference_mode(), autocast:
                     phi = work.run()  # (..., b, d)
@@ -311,11 +312,11 @@ def run_work(
                 parts = work.split() if oom_backoff else []
                 if not parts:
                     raise _out_of_memory_error(work, oom_backoff) from err
-                del err
+            if phi is None:  # out of memory; the failed forward's tensors are released here
                 _free_device_memory(device)
                 stats.n_oom_retries += 1
                 limit = min(limit or work.padded_tokens, work.padded_tokens // 2)
-                _log.info("out of memory at %d padded tokens; retrying in halves", limit * 2)
+                _log.info("out of memory at %d padded tokens; retrying halves", work.padded_tokens)
                 pending.extend(reversed(parts))
                 continue
             if out is None:  # a normal tensor (not an inference one): heads may train on it

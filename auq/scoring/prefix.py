@@ -42,6 +42,7 @@ __all__ = [
     "cache_argument",
     "output_cache",
     "plan_prefix_groups",
+    "prefix_batch_tokens",
     "prefix_batches",
     "prompt_groups",
     "select_cache_rows",
@@ -130,29 +131,38 @@ class PrefixBatch:
 
     Attributes
     ----------
-    items : int array, shape (n,)
-        The continuations' item indices (output rows).
     prefix : dict of Tensor, each (G, P)
         ``input_ids`` and ``attention_mask`` of the prefixes, right-padded.
     suffix : dict of Tensor, each (n, S)
         ``input_ids``, ``attention_mask`` (over the continuation) and ``position_ids``.
     prefix_rows : Tensor of int64, shape (n,)
         Which prefix each continuation continues.
-    padded_tokens, real_tokens : int
     """
 
-    items: np.ndarray
     prefix: dict[str, Tensor]
     suffix: dict[str, Tensor]
     prefix_rows: Tensor
-    padded_tokens: int
-    real_tokens: int
 
     @property
     def model_mask(self) -> Tensor:
         """Attention mask over ``[prefix, continuation]`` for the continuation pass, (n, P + S)."""
         prefix_mask = self.prefix["attention_mask"][self.prefix_rows]
         return torch.cat([prefix_mask, self.suffix["attention_mask"]], 1)
+
+
+def prefix_batch_tokens(
+    tokenized: TokenizedTexts, groups: list[np.ndarray], prefix_lengths: list[int]
+) -> tuple[int, int]:
+    """``(padded, real)`` tokens of a prefix-shared micro-batch, before it is collated.
+
+    Padded: the G prefixes once, plus every continuation with the prefix width its
+    attention spans; real: each prefix once plus the continuations' own tokens.
+    """
+    plen = np.asarray(prefix_lengths, dtype=np.int64)
+    items = np.concatenate(groups)
+    suffix = tokenized.lengths[items] - np.repeat(plen, [len(g) for g in groups])
+    width_p, width_s = int(plen.max()), max(int(suffix.max()), 1)
+    return len(groups) * width_p + len(items) * (width_p + width_s), int(plen.sum() + suffix.sum())
 
 
 def build_prefix_batch(
@@ -163,7 +173,7 @@ def build_prefix_batch(
     pad_token_id: int,
     device: torch.device | str | None = None,
 ) -> PrefixBatch:
-    """Collate the groups of one micro-batch (see :class:`PrefixBatch`)."""
+    """Collate the groups of one micro-batch (see :class:`PrefixBatch`); rows in group order."""
     flat, offsets, _ = tokenized.packed
     items = np.concatenate(groups)
     heads = np.array([g[0] for g in groups], dtype=np.int64)
@@ -186,14 +196,10 @@ def build_prefix_batch(
         # the model's position limit
         "position_ids": torch.from_numpy(np.where(s_real, item_plen[:, None] + source, 0)),
     }
-    width_p, width_s = p_ids.shape[1], s_ids.shape[1]
     return PrefixBatch(
-        items=items,
         prefix=to_device(prefix, device),
         suffix=to_device(suffix, device),
         prefix_rows=torch.from_numpy(rows).to(device or "cpu"),
-        padded_tokens=len(groups) * width_p + len(items) * (width_p + width_s),
-        real_tokens=int(plen.sum() + s_len.sum()),
     )
 
 
