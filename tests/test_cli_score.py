@@ -140,10 +140,11 @@ def wait_for_rows(proc: subprocess.Popen, out: Path, timeout: float = 120) -> No
 # -- many processes ------------------------------------------------------------------------
 
 
-def test_two_processes_under_torchrun_equal_one(capsys, model_dir, rows, tmp_path):
+@pytest.mark.parametrize("chunk_size", ["6", "40"], ids=["chunks-for-both", "one-rank-idle"])
+def test_two_processes_under_torchrun_equal_one(capsys, model_dir, rows, tmp_path, chunk_size):
     data = write_jsonl(tmp_path / "rows.jsonl", rows)
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    options = ["--chunk-size", "6", "--samples", "--objective", "uwo", "--device", "cpu"]
+    options = ["--chunk-size", chunk_size, "--samples", "--objective", "uwo", "--device", "cpu"]
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "auq.cli", "score", str(model_dir), str(data), "--out", str(two), *options,
@@ -207,7 +208,9 @@ def test_samples_and_objective(
     reward = torch.tensor([o["reward"] for o in written])
     want = penalized_reward(expected, objective, **penalty)
     torch.testing.assert_close(reward, want, rtol=0, atol=1e-5)
-    assert {o["objective"] for o in written} == {objective}
+    assert {o["objective"] for o in written} == {
+        f"{objective}({k}={v})" for k, v in penalty.items()
+    }
 
 
 def test_ids_default_to_row_numbers_or_come_from_id_field(capsys, model_dir, rows, tmp_path):
@@ -346,6 +349,37 @@ def test_a_bad_row_mid_stream_stops_with_a_resumable_output(
     assert code == 0, err
     assert "8 skipped by --resume" in stdout
     assert_output(read_jsonl(out), rows, expected)
+
+
+def test_resume_refuses_other_penalty_options(
+    capsys, model_dir, damaged_model_dir, rows, expected, tmp_path
+):
+    data = write_jsonl(tmp_path / "rows.jsonl", rows)
+    out = tmp_path / "scores.jsonl"
+    options = [data, "--out", out, "--objective", "lcb", "--chunk-size", 8]
+    assert cli(capsys, model_dir, *options)[0] == 0
+    out.write_bytes(b"".join(out.read_bytes().splitlines(keepends=True)[:10]))  # as if killed
+    kept = out.read_bytes()
+
+    code, _, err = cli(capsys, damaged_model_dir, *options, "--k", "2", "--resume")
+    assert code == 2  # refused before the model loads
+    assert one_error_line(err) == (
+        f"--out '{out}' was written with other options: {out}, line 1 has objective "
+        "'lcb(k=1.0)', but this run writes 'lcb(k=2.0)'; resume with the options of the first "
+        "run, or choose another output path"
+    )
+    assert out.read_bytes() == kept
+
+    # the same penalty goes on; options the objective does not use are not part of it
+    argv = [model_dir, *options, "--k", "1", "--lam", "3", "--beta", "9", "--resume"]
+    code, stdout, err = cli(capsys, *argv)
+    assert code == 0, err
+    assert "10 skipped by --resume" in stdout
+    written = read_jsonl(out)
+    assert_output(written, rows, expected)
+    assert {o["objective"] for o in written} == {"lcb(k=1.0)"}
+    reward = torch.tensor([o["reward"] for o in written])
+    torch.testing.assert_close(reward, penalized_reward(expected, "lcb", k=1.0), rtol=0, atol=1e-5)
 
 
 # -- bad input: one line, exit 2, checked before the model loads ---------------------------

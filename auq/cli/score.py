@@ -3,7 +3,9 @@
 Each input row (``prompt``, ``response``, optional id) becomes one output row
 ``{"id", "row", "mean", "std"}`` — ``"samples"`` (S floats) with ``--samples``,
 ``"reward"`` and ``"objective"`` with ``--objective`` (the penalised reward of
-:func:`auq.objectives.penalized_reward`, computed per chunk from its prediction).
+:func:`auq.objectives.penalized_reward`, computed per chunk from its prediction, and
+the objective with the penalty it used, e.g. ``"lcb(k=1.0)"``, so that ``--resume``
+refuses other penalty options).
 Rows are read, scored and written a chunk at a time (:mod:`auq.scoring.stream`), so
 the data never has to fit in memory and an interrupted run goes on with ``--resume``.
 Under ``torchrun`` / ``accelerate launch`` the chunks are dealt to the processes, each
@@ -27,7 +29,8 @@ import torch
 from auq.cli.errors import CliError, one_line
 from auq.cli.inputs import check_model_dir
 from auq.scoring.distributed import default_device, distributed_env, init_distributed
-from auq.scoring.stream import Chunk, ScoredChunk, ScoreStream, StreamResult, open_source
+from auq.scoring.sources import Chunk, open_source
+from auq.scoring.stream import ScoredChunk, ScoreStream, StreamResult
 from auq.types import TruncationWarning
 
 __all__ = ["ScoreSummary", "resolve_device", "score_saved_model", "summary_line"]
@@ -86,6 +89,16 @@ def _check_options(lam: float, k: float, beta: float, precision: str, objective:
             raise CliError(f"{name} must be a finite number >= 0, got {value!r}")
     if not (0 < beta < float("inf")):
         raise CliError(f"--beta must be a finite number > 0, got {beta!r}")
+
+
+#: the penalty option each objective uses (``mean`` and ``wco`` have none)
+_PENALTY = {"uwo": "lam", "lcb": "k", "effective": "beta"}
+
+
+def _objective_label(objective: str, penalty: dict[str, float]) -> str:
+    """The ``objective`` field: the name and the penalty it uses, ``"lcb(k=1.0)"``."""
+    name = _PENALTY.get(objective)
+    return objective if name is None else f"{objective}({name}={float(penalty[name])!r})"
 
 
 def _load_model(model_dir: Path, device: torch.device, precision: str):
@@ -186,12 +199,13 @@ def score_saved_model(
     rank, world, _ = distributed_env()
     model_path = check_model_dir(str(model_dir))
     source = open_source(data, id_field=id_field)
+    penalty = {"lam": lam, "k": k, "beta": beta}
     fields = ("mean", "std", *(("samples",) if samples else ()), *(("reward",) * bool(objective)))
     stream = ScoreStream(
         source,
         out,
         fields=fields,
-        constants={"objective": objective} if objective else None,
+        constants={"objective": _objective_label(objective, penalty)} if objective else None,
         chunk_size=chunk_size,
         resume=resume,
         rank=rank,
@@ -209,7 +223,7 @@ def score_saved_model(
             rm,
             samples=samples,
             objective=objective,
-            penalty={"lam": lam, "k": k, "beta": beta},
+            penalty=penalty,
             budget={"batch_size": batch_size, "max_tokens": max_tokens},
         )
         result = stream.run(score, progress=progress)

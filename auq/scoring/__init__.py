@@ -6,6 +6,9 @@
   back-off, results in the caller's order (:class:`ScoringOptions`, :class:`ScoringStats`);
 * :mod:`~auq.scoring.prefix` — a prompt shared by n responses runs once;
 * :mod:`~auq.scoring.cache` — features of texts a frozen backbone already encoded;
+* :mod:`~auq.scoring.distributed` — data-parallel scoring under ``torchrun`` / ``accelerate``;
+* :mod:`~auq.scoring.sources`, :mod:`~auq.scoring.sinks`, :mod:`~auq.scoring.stream` — a data
+  set streamed through a model in chunks, resumable (``auq score``);
 * :mod:`~auq.scoring.pooling`, :mod:`~auq.scoring.loading` — reading features, loading models.
 """
 
