@@ -1,13 +1,8 @@
-"""The ``auq`` command line: one module per command, dispatched by :mod:`auq.cli.main`."""
+"""The ``auq`` command line: one module per command, dispatched by :mod:`auq.cli.main`.
 
-from __future__ import annotations
+Run it as the ``auq`` script or ``python -m auq.cli`` (e.g. under ``torchrun``).
+"""
+
+from auq.cli.main import main
 
 __all__ = ["main"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``auq`` (see :func:`auq.cli.main.main`); imported on call, so that
-    ``python -m auq.cli.main`` does not find its module already imported."""
-    from auq.cli.main import main as run
-
-    return run(argv)
