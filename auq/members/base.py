@@ -6,9 +6,10 @@ one feature set per member, shape (K, B, d), instead of (B, d). An
 member k's features (``einsum("knd,kd->kn")``), and :class:`~auq.RewardModel`
 trains backbone members and heads together through its fine-tuning loop.
 
-Subclasses implement :meth:`build` (wrap an already loaded plain backbone),
-:meth:`_member_hidden` (the batched forward), :attr:`rows_per_item` (rows that
-forward runs per item, which the scoring engine's token budget counts) and, when
+Subclasses implement :meth:`build` (wrap an already loaded plain backbone), the
+forward — :meth:`_member_hidden` (every member in one batched forward) or
+:meth:`_member_states` (one member after the other) —, :attr:`rows_per_item` (rows
+one forward runs per item, which the scoring engine's token budget counts) and, when
 they hold weights beyond the base model, :meth:`save_members` / :meth:`load_members`
 (safetensors + JSON). One that can continue a shared prompt prefix
 (:mod:`auq.scoring.prefix`) overrides :meth:`forward_shared_prefix` and
@@ -18,6 +19,7 @@ they hold weights beyond the base model, :meth:`save_members` / :meth:`load_memb
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -75,9 +77,21 @@ class MemberBackbone(Backbone):
     def get_config(self) -> dict[str, Any]:
         """JSON-able options that, with the count, rebuild the members via :meth:`build`."""
 
-    @abstractmethod
     def _member_hidden(self, kwargs: dict[str, Tensor]) -> Tensor:
-        """Last hidden states of every member, shape (K, B, L, d), for model kwargs of B rows."""
+        """Last hidden states of every member, shape (K, B, L, d), for model kwargs of B rows.
+
+        A subclass overrides this (one batched forward over K·B rows: LoRA, MC dropout)
+        or :meth:`_member_states` (one member after the other: partial, deep).
+        """
+        return torch.stack(list(self._member_states(kwargs)))
+
+    def _member_states(self, kwargs: dict[str, Tensor]) -> Iterator[Tensor]:
+        """Each member's last hidden states, (B, L, d), in turn (default: :meth:`_member_hidden`).
+
+        :meth:`forward` pools each one as it comes, so a method that runs its
+        members one after the other never holds all K members' states at once.
+        """
+        yield from self._member_hidden(kwargs)
 
     @property
     def rows_per_item(self) -> int:
@@ -112,7 +126,11 @@ class MemberBackbone(Backbone):
         Tensor, shape (K, B, d), float32.
         """
         kwargs = model_inputs(input_ids, attention_mask, token_type_ids, position_ids)
-        return self._pool_members(self._member_hidden(kwargs), attention_mask)
+        pooled = [
+            pool_hidden_states(states, attention_mask, self.pooling)  # (B, d)
+            for states in self._member_states(kwargs)
+        ]
+        return torch.stack(pooled).float()
 
     def _pool_members(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         """(K, B, L, d) member states → (K, B, d) float32 features (pooled with the mask)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +106,10 @@ class DeepMembers(MemberBackbone):
         """1: the members run one after the other, each on the B rows."""
         return 1
 
-    def _member_hidden(self, kwargs: dict[str, Tensor]) -> Tensor:
-        """Last hidden states of every member, (K, B, L, d), one model after the other."""
-        return torch.stack([m(**kwargs).last_hidden_state for m in self.members])
+    def _member_states(self, kwargs: dict[str, Tensor]) -> Iterator[Tensor]:
+        """Each member's last hidden states, (B, L, d), one model after the other."""
+        for model in self.members:
+            yield model(**kwargs).last_hidden_state
 
     def prefix_sharing_unsupported(self) -> str | None:
         return Backbone.prefix_sharing_unsupported(self)

@@ -1,4 +1,4 @@
-"""LoraMembers: batched == PEFT adapter by adapter, scale-invariant diversity, options."""
+"""LoraMembers: batched == PEFT adapter by adapter (forward and gradients), in-place update, options."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor
 
 from auq.backbone import Backbone, pool_hidden_states
 from auq.members import LoraMembers
-from auq.members.lora import update_gram
+from auq.members.lora import _StackedLora, update_gram
 from auq.scoring.batching import collate
 
 K = 3
@@ -50,6 +50,75 @@ def test_batched_members_equal_peft_adapters_one_by_one(model_dir, tmp_path):
             hidden = peft_model(**inputs).last_hidden_state
             loop.append(pool_hidden_states(hidden, inputs["attention_mask"], member.pooling))
     torch.testing.assert_close(phi, torch.stack(loop), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_equal_peft_adapters_one_by_one(model_dir, tmp_path):
+    """The in-place update differentiates like PEFT: dL/dA_k, dL/dB_k of row k's loss."""
+    from peft import PeftModel
+
+    member = _build(model_dir, lora_alpha=8, init_scale=0.05)
+    tokens = member.tokenize(PROMPTS, RESPONSES)
+    inputs = collate(tokens, [0, 1], pad_token_id=member.tokenizer.pad_token_id)
+    w = torch.randn(K, 2, member.hidden_size, generator=torch.Generator().manual_seed(0))
+    member.save_members(tmp_path)
+    member.eval()  # deterministic (no dropout); autograd on
+    (member(**inputs) * w).sum().backward()
+
+    base = Backbone.from_pretrained(model_dir, max_length=32).model
+    peft_model = PeftModel.from_pretrained(
+        base, tmp_path / "member_0", adapter_name="member_0", is_trainable=True
+    )
+    for k in range(1, K):
+        peft_model.load_adapter(tmp_path / f"member_{k}", adapter_name=f"member_{k}")
+    peft_model.eval()
+    for k in range(K):
+        peft_model.set_adapter(f"member_{k}")
+        hidden = peft_model(**inputs).last_hidden_state
+        phi = pool_hidden_states(hidden, inputs["attention_mask"], member.pooling)
+        (phi * w[k]).sum().backward()
+    grads = {n: p.grad for n, p in peft_model.named_parameters() if p.grad is not None}
+    for name, lora in zip(member.target_names, member.adapters, strict=True):
+        for k in range(K):
+            for part, ours in (("lora_A", lora.lora_A.grad[k]), ("lora_B", lora.lora_B.grad[k])):
+                theirs = grads[f"base_model.model.{name}.{part}.member_{k}.weight"]
+                torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_in_place_update_equals_the_out_of_place_sum_with_its_gradients():
+    """add_to updates the layer output in place (float32) and keeps every gradient exact."""
+    gen = torch.Generator().manual_seed(0)
+    lora = _StackedLora(
+        K, 4, 6, 5, init_lora_weights=True, init_scale=0.1, generator=gen
+    )  # in 6, out 5
+    weight = torch.randn(5, 6, generator=gen, requires_grad=True)
+    x = torch.randn(K, 7, 6, generator=gen, requires_grad=True)
+    upstream = torch.randn(K, 7, 5, generator=gen)
+
+    def run(in_place: bool):
+        for t in (weight, x, lora.lora_A, lora.lora_B):
+            t.grad = None
+        out = torch.nn.functional.linear(x, weight)  # the base layer's output
+        if in_place:
+            summed = lora.add_to(out, x, scaling=2.0, p=0.0, training=False)
+            assert summed.data_ptr() == out.data_ptr()  # no copy of the output
+        else:
+            update = torch.bmm(torch.bmm(x, lora.lora_A.transpose(1, 2)), lora.lora_B.mT)
+            summed = out + 2.0 * update
+        (summed * upstream).sum().backward()
+        grads = [t.grad.clone() for t in (weight, x, lora.lora_A, lora.lora_B)]
+        return summed.detach(), grads
+
+    fast, fast_grads = run(True)
+    reference, reference_grads = run(False)
+    torch.testing.assert_close(fast, reference, rtol=1e-6, atol=1e-6)
+    for a, b in zip(fast_grads, reference_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    # under autocast (bf16 output, float32 adapters) the output is left alone
+    out = torch.randn(K, 7, 5, generator=gen).bfloat16()
+    before = out.clone()
+    with torch.no_grad():
+        summed = lora.add_to(out, x.detach(), scaling=2.0, p=0.0, training=False)
+    assert torch.equal(out, before) and summed.dtype == torch.bfloat16
 
 
 def test_members_differ_after_build_and_zero_b_is_the_base_model(tiny_bert_dir):

@@ -1,4 +1,4 @@
-"""MCDropoutMembers: shared per-pass masks, batch invariance, seeding, rate, training pass."""
+"""MCDropoutMembers: shared per-pass masks, their bits, cached scales, batch invariance, seeding."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from auq.backbone import Backbone
 from auq.members import MCDropoutMembers
-from auq.members.mc_dropout import dropout_keep_mask
+from auq.members.mc_dropout import _pass_keys, _ScaleCache, dropout_keep_mask
 from auq.scoring.batching import collate
 
 T = 4
@@ -247,3 +247,101 @@ def test_a_batch_axis_folded_with_another_is_one_more_coordinate(tiny_bert_dir):
 def test_bad_options_are_refused(tiny_gpt2_dir, options, message):
     with pytest.raises(ValueError, match=message):
         _build(tiny_gpt2_dir, **options)
+
+
+def _reference_bits(keys: list[int], shape: tuple[int, ...], p: float) -> list[bool]:
+    """The documented hash in plain Python integers, element by element (pass-major)."""
+    m32 = 0xFFFFFFFF
+
+    def mix(x: int) -> int:
+        x ^= x >> 16
+        x = (x * 0x21F0AAAD) & m32
+        x ^= x >> 15
+        x = (x * 0x735A2D97) & m32
+        return x ^ (x >> 15)
+
+    def g(c: int, axis: int) -> int:
+        return mix((c * 0x9E3779B1 + 0x6A09E667 + axis) & m32)
+
+    threshold = round(p * (1 << 24))
+    out = []
+    for key in keys:
+        for coords in np.ndindex(*shape):
+            h = key
+            for axis, c in enumerate(coords):
+                h = mix(h ^ g(c, axis))
+            out.append((h >> 8) >= threshold)
+    return out
+
+
+def test_mask_bits_are_the_documented_hash_and_unchanged():
+    """Element by element against plain-integer arithmetic, and against bits frozen in 0.x."""
+    keys = _pass_keys(7, 2, 1, 3)
+    assert keys == [3361965402, 4278683996, 2948657059]
+    mask = dropout_keep_mask(keys, (2, 5, 7), 0.3)
+    assert mask.flatten().tolist() == _reference_bits(keys, (2, 5, 7), 0.3)
+    bits = "".join("1" if b else "0" for b in mask.flatten().tolist())
+    assert hex(int(bits, 2)) == "0x36f6e6e69e357ffabf5ffbf167627fe97aaeb7f9f7ed7ffbfafbf"
+    edge = dropout_keep_mask([0xFFFFFFFF, 0], (3, 4), 0.5)  # extreme keys
+    assert edge.int().tolist() == [
+        [[0, 1, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]],
+        [[1, 0, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]],
+    ]
+    assert edge.flatten().tolist() == _reference_bits([0xFFFFFFFF, 0], (3, 4), 0.5)
+
+
+@pytest.mark.parametrize(
+    "model_kwargs", [{}, EAGER_GPT2], ids=["hidden-dropout", "attention-probability-dropout"]
+)
+def test_cached_scales_equal_fresh_masks_over_growing_and_shrinking_batches(
+    tiny_gpt2_dir, model_kwargs
+):
+    """Scales kept across forwards (sliced from larger ones, grown) == masks built per call."""
+    cached = _build(tiny_gpt2_dir, rate=0.3, seed=4, model_kwargs=model_kwargs)
+    fresh = _build(tiny_gpt2_dir, rate=0.3, seed=4, model_kwargs=model_kwargs)
+    fresh._scales = _ScaleCache(max_bytes=0)  # keeps nothing: every call builds its masks
+    # short first, then longer (the entries grow), then short again (sliced views)
+    for items in (ITEMS[2:3], ITEMS[:2], ITEMS, ITEMS[2:4], ITEMS[:1]):
+        torch.testing.assert_close(_encode(cached, items), _encode(fresh, items), rtol=0, atol=0)
+    assert cached._scales.entries and not fresh._scales.entries
+    longest = int(cached.tokenize([p for p, _ in ITEMS], [r for _, r in ITEMS]).lengths.max())
+    # every entry grew to the longest batch seen: (T, 1, L, d) and (T, 1, H, L, L)
+    assert {e.shape[-2] for e in cached._scales.entries.values()} == {longest}
+    held = sum(e.numel() * e.element_size() for e in cached._scales.entries.values())
+    assert held == cached._scales.nbytes
+    # a cap that keeps only some entries: the same samples
+    capped = _build(tiny_gpt2_dir, rate=0.3, seed=4, model_kwargs=model_kwargs)
+    capped._scales = _ScaleCache(max_bytes=cached._scales.nbytes // 3)
+    for items in (ITEMS, ITEMS[:2]):
+        torch.testing.assert_close(_encode(capped, items), _encode(fresh, items), rtol=0, atol=0)
+    assert 0 < capped._scales.nbytes <= capped._scales.max_bytes
+    assert len(capped._scales.entries) < len(cached._scales.entries)
+
+
+def test_cached_scales_serve_a_forward_with_autograd_after_inference_mode(tiny_bert_dir):
+    """Entries built under inference mode are ordinary tensors: eval-mode backward works."""
+    member = _build(tiny_bert_dir, rate=0.3)
+    tokens = member.tokenize(PROMPTS, RESPONSES)
+    phi = member.encode(tokens)  # inference mode: fills the cache
+    assert member._scales.entries
+    assert not any(t.is_inference() for t in member._scales.entries.values())
+    batch = collate(tokens, [0, 1], pad_token_id=member.tokenizer.pad_token_id)
+    member.eval()
+    grad_phi = member(**batch)  # (T, 2, d), same masks, autograd on
+    torch.testing.assert_close(grad_phi, phi, rtol=0, atol=1e-6)
+    grad_phi.square().sum().backward()
+    grads = [p.grad for p in member.model.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads[:4])
+
+
+def test_another_seed_or_pass_count_empties_the_cache(tiny_bert_dir):
+    member = _build(tiny_bert_dir, rate=0.3, seed=1)
+    tokens = member.tokenize(PROMPTS, RESPONSES)
+    member.encode(tokens)
+    config = member._scales.config
+    member.seed = 2
+    member.encode(tokens)
+    assert member._scales.config != config and member._scales.config[0] == 2
+    member.n_passes = T + 1
+    assert member.encode(tokens).shape[0] == T + 1
+    assert all(e.shape[0] == T + 1 for e in member._scales.entries.values())

@@ -1,4 +1,4 @@
-"""PartialMembers: batched copies == copies run one by one, shared part once, options."""
+"""PartialMembers: copies == stand-alone models, shared part once, copies as real layers, options."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from auq.backbone import Backbone, pool_hidden_states
 from auq.members import PartialMembers
 from auq.members.partial import ARCHITECTURES
+from auq.scoring.batching import collate
 
 K = 3
 PROMPTS = ["How do I cook rice?", "Learn a language quickly?"]
@@ -61,7 +62,7 @@ def _copy_k(member: PartialMembers, k: int):
 
 
 @pytest.mark.parametrize("model_type", sorted(ARCHITECTURES.keys() - {"xlm-roberta"}))
-def test_batched_copies_equal_copies_run_one_by_one(model_type, tiny_gpt2_dir):
+def test_copies_equal_stand_alone_models_with_their_weights(model_type, tiny_gpt2_dir):
     tokenizer = Backbone.from_pretrained(tiny_gpt2_dir).tokenizer
     backbone = Backbone(_tiny_model(model_type), tokenizer)
     member = PartialMembers.build(backbone, n_members=K, n_top_layers=1, init_noise=0.05)
@@ -72,7 +73,9 @@ def test_batched_copies_equal_copies_run_one_by_one(model_type, tiny_gpt2_dir):
         for k in range(K):
             hidden = _copy_k(member, k)(**inputs).last_hidden_state
             loop.append(pool_hidden_states(hidden, inputs["attention_mask"], member.pooling))
-    torch.testing.assert_close(phi, torch.stack(loop), rtol=1e-5, atol=1e-5)
+    # the same modules and kernels on the same B rows (bit-equal here; a BLAS may round by
+    # memory alignment, hence the float32 tolerance)
+    torch.testing.assert_close(phi, torch.stack(loop), rtol=1e-6, atol=1e-6)
     for k in range(1, K):  # the noise makes the members differ
         assert (phi[k] - phi[0]).abs().max() > 1e-4
 
@@ -89,10 +92,12 @@ def test_noise_free_copies_equal_the_base_model(tiny_bert_dir, tiny_gpt2_dir, n_
         torch.testing.assert_close(member.encode(tokens), base.expand(K, -1, -1))
 
 
-def test_shared_lower_part_runs_once_on_b_rows(tiny_bert_dir):
+def test_shared_lower_part_runs_once_and_each_copy_runs_the_real_layer(tiny_bert_dir):
+    """Embeddings and layer 0 once on B rows; layer 1 once per member, with member k's weights."""
     backbone = Backbone.from_pretrained(tiny_bert_dir, max_length=32)
     member = PartialMembers.build(backbone, n_members=K, n_top_layers=1)
-    calls = {"embeddings": [], "layer0": [], "layer1": 0}
+    calls = {"embeddings": [], "layer0": []}
+    top_calls = []
 
     def record(name):
         return lambda module, args, output: calls[name].append(output.shape[0])
@@ -100,14 +105,38 @@ def test_shared_lower_part_runs_once_on_b_rows(tiny_bert_dir):
     layers = member.model.encoder.layer
     member.model.embeddings.register_forward_hook(record("embeddings"))
     layers[0].register_forward_hook(record("layer0"))
+    base_weight = layers[1].output.dense.weight.data_ptr()
 
-    def count_top(module, args, output):  # the base forward never finishes layer 1
-        calls["layer1"] += 1
+    def record_top(module, args, output):  # which weights the real module ran with
+        states = output[0] if isinstance(output, tuple) else output
+        top_calls.append((states.shape[0], module.output.dense.weight.data_ptr()))
 
-    layers[1].register_forward_hook(count_top)
+    layers[1].register_forward_hook(record_top)
     member.encode(member.tokenize(PROMPTS, RESPONSES))  # one micro-batch of B = 2
     assert calls["embeddings"] == [2] and calls["layer0"] == [2]
-    assert calls["layer1"] == 1  # the K copies: one vmapped call, not K
+    stacked = member.member_params[member.param_names.index("0.output.dense.weight")]
+    assert top_calls == [(2, stacked[k].data_ptr()) for k in range(K)]  # views, in order
+    assert all(ptr != base_weight for _, ptr in top_calls)  # the base top layer never ran
+
+
+def test_forward_pools_each_member_as_pooling_the_stacked_states(tiny_bert_dir, tiny_gpt2_dir):
+    """The member-by-member forward == the generic one over (K, B, L, d); one row per item."""
+    for path in (tiny_bert_dir, tiny_gpt2_dir):
+        backbone = Backbone.from_pretrained(path, max_length=32)
+        tokens = backbone.tokenize(PROMPTS, RESPONSES)
+        member = PartialMembers.build(backbone, n_members=K, n_top_layers=2, init_noise=0.05)
+        inputs = collate(tokens, [0, 1], pad_token_id=backbone.tokenizer.pad_token_id)
+        with torch.no_grad():
+            fast = member(**inputs)
+            hidden = member._member_hidden(inputs)  # (K, B, L, d) all at once
+            reference = member._pool_members(hidden, inputs["attention_mask"])
+        assert fast.shape == (K, 2, member.hidden_size) and hidden.shape[:2] == (K, 2)
+        torch.testing.assert_close(fast, reference, rtol=0, atol=1e-6)
+        # the engine plans the same micro-batches as for the one model
+        assert member.rows_per_item == 1
+        member.encode(tokens)
+        backbone.encode(tokens, feature_cache=False)
+        assert member.last_scoring_stats.padded_tokens == backbone.last_scoring_stats.padded_tokens
 
 
 def test_gradients_reach_every_copy_and_only_the_copies(tiny_gpt2_dir):
