@@ -652,6 +652,7 @@ class Backbone(nn.Module):
             max_batch_size=opts.batch_size,
             rows_per_item=self.rows_per_item,
             bucketing=opts.bucketing,
+            max_padding=opts.max_padding,
         ):
             works.append(self._plain_work(tokenized, rest[idx], opts.padding_side))
         return works

@@ -69,6 +69,10 @@ class ScoringOptions:
     bucketing : bool
         Sort items by length into micro-batches (minimal padding). False keeps the
         caller's order (a plain loop over batches; for comparisons).
+    max_padding : float or None
+        With bucketing, close a micro-batch before padding exceeds this fraction of
+        its real tokens (once it holds an eighth of ``max_tokens``); None fills the
+        budget whatever the padding (:func:`~auq.scoring.token_budget_batches`).
     padding_side : {"right", "left"}
         Either gives the same rewards; left padding passes position ids.
     precision : {"auto", "fp32", "bf16", "fp16"}
@@ -96,6 +100,7 @@ class ScoringOptions:
     max_tokens: int = 16384
     batch_size: int | None = 256
     bucketing: bool = True
+    max_padding: float | None = 0.1
     padding_side: str = "right"
     precision: str = "auto"
     prefix_sharing: bool | str = "auto"
@@ -111,6 +116,14 @@ class ScoringOptions:
         if self.batch_size is not None:
             check_positive_int("batch_size", self.batch_size)
         check_choice("padding_side", self.padding_side, PADDING_SIDES)
+        if self.max_padding is not None and not (
+            isinstance(self.max_padding, int | float)
+            and not isinstance(self.max_padding, bool)
+            and 0 <= self.max_padding < float("inf")
+        ):
+            raise ValueError(
+                f"max_padding must be a finite number >= 0 or None, got {self.max_padding!r}"
+            )
         check_choice("precision", self.precision, PRECISIONS)
         if not (self.prefix_sharing == "auto" or isinstance(self.prefix_sharing, bool)):
             raise ValueError(

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoTokenizer
 
 from auq.scoring import TextEncoder, collate, token_budget_batches
+from auq.scoring.batching import padded_tokens
 
 
 @pytest.mark.parametrize("max_batch_size", [None, 3])
@@ -87,3 +88,15 @@ def test_budget_counts_rows_per_item_and_keeps_caller_order_without_bucketing(ro
     assert np.concatenate(ordered).tolist() == list(range(7))  # caller's order, consecutive
     for b in ordered:
         assert rows_per_item * len(b) * lengths[b].max() <= 240 or len(b) == 1
+
+
+def test_max_padding_closes_micro_batches_before_padding_grows():
+    rng = np.random.default_rng(0)
+    lengths = np.exp(rng.normal(np.log(64), 0.7, size=400)).astype(int) + 1  # a wide mix
+    greedy = token_budget_batches(lengths, max_tokens=16384)
+    capped = token_budget_batches(lengths, max_tokens=16384, max_padding=0.1)
+    assert sorted(np.concatenate(capped).tolist()) == list(range(400))
+    for b in capped:
+        padded, real = len(b) * lengths[b].max(), lengths[b].sum()
+        assert padded <= 16384 and (padded <= 16384 // 8 or padded <= 1.1 * real)
+    assert padded_tokens(lengths, capped) < 0.9 * padded_tokens(lengths, greedy)

@@ -194,6 +194,8 @@ def test_scoring_options_are_checked():
         ScoringOptions().replace(max_token=5)
     with pytest.raises(ValueError, match="max_tokens must be an integer >= 1"):
         ScoringOptions(max_tokens=0)
+    with pytest.raises(ValueError, match="max_padding must be a finite number >= 0 or None"):
+        ScoringOptions(max_padding=-0.5)
 
 
 def test_compile_option_gives_the_same_features(tiny_gpt2_dir):
