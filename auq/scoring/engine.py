@@ -248,8 +248,9 @@ def autocast_context(precision: str, device: torch.device, weight_dtype: torch.d
     """
     check_choice("precision", precision, PRECISIONS)
     if precision == "auto":
-        if device.type != "cuda" or weight_dtype != torch.float32:
-            return nullcontext(), "fp32" if weight_dtype == torch.float32 else str(weight_dtype)
+        if device.type != "cuda" or weight_dtype != torch.float32:  # the weights' own dtype
+            names = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+            return nullcontext(), names.get(weight_dtype, "fp32")
         precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp32":
         return nullcontext(), "fp32"
