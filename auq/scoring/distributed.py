@@ -21,6 +21,7 @@ merges the parts on rank 0 (:mod:`auq.scoring.stream`).
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -81,6 +82,11 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
+    # torch.distributed.nn binds ``group.WORLD`` into default arguments when first
+    # imported (as transformers does while loading a model); imported after the group
+    # exists, those references keep it alive past destroy_process_group, and its gloo
+    # workers then free tensors during interpreter shutdown and abort the process.
+    importlib.import_module("torch.distributed.nn")
     dist.init_process_group(backend=backend, rank=rank, world_size=world)
     return rank, world
 
