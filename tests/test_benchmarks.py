@@ -44,3 +44,19 @@ def test_bench_calibration_quick(tmp_path):
     stdout = _run("bench_calibration.py", "--methods", "heads,laplace", "--out-dir", str(tmp_path))
     assert "goal ECE <= 0.02" in stdout
     assert (tmp_path / "bench_calibration_reliability.png").stat().st_size > 1000
+
+
+def test_bench_scoring_quick(tmp_path):
+    stdout = _run("bench_scoring.py", "--out", str(tmp_path / "s.json"))
+    assert "goals (ratios within this run" in stdout
+    result = json.loads((tmp_path / "s.json").read_text())
+    methods = {r["method"] for r in result["rows"]}
+    expected = {"one", "trl", "separate", "peft_loop", "bucketing", "prefix"}
+    expected |= {"heads", "laplace", "pyro", "lora", "partial", "deep", "mc_dropout"}
+    assert expected <= methods  # a row per method and comparison
+    for row in result["rows"]:
+        assert row["seconds"] > 0 and row["param_bytes"] > 0 and row["tok_per_s"] > 0
+    goals = {g["goal"]: g for g in result["goals"]}
+    assert any(text.startswith("heads <= 1.05x") for text in goals)
+    assert all(g["met"] in (True, False, None) for g in goals.values())
+    assert all("tiny" in g["figures"] for g in goals.values() if not g["goal"].startswith("MFU"))
