@@ -155,6 +155,7 @@ def test_overlong_pairs_are_dropped_and_counted(world):
 # -- the cache ------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:.*reached the token limit:UserWarning")  # an undertrained model
 def test_cache_returns_the_identical_model_without_training(built, world):
     model, tok, record, root = built
     weights = Path(record.path) / "model.safetensors"
