@@ -186,6 +186,7 @@ def publish_policy(
         tokenizer.save_pretrained(tmp)
         files = {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         write_json(tmp / RECORD_FILE, {**record, "files": files})  # written last
+        tmp.chmod(0o755)  # mkdtemp makes it private (0700); a cache folder is readable
         if replace and path.exists():
             _remove_aside(path)
         for _ in range(3):
