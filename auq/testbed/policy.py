@@ -22,7 +22,6 @@ from typing import Any
 
 from auq.testbed.cache import policy_dir, policy_key, publish_policy, read_policy
 from auq.testbed.policy_config import PolicyConfig
-from auq.testbed.sampling import generate_responses
 from auq.testbed.sft import train_policy
 from auq.utils.console import get_logger, warn_user
 from auq.utils.io import CheckpointError
@@ -30,7 +29,6 @@ from auq.utils.io import CheckpointError
 __all__ = [
     "PolicyConfig",
     "PolicyRecord",
-    "generate_responses",
     "load_or_train_policy",
     "reference_policy",
     "world_identity",
@@ -251,7 +249,8 @@ def reference_policy(
     Examples
     --------
     >>> model, tok = reference_policy(World(seed=0))  # doctest: +SKIP
-    >>> generate_responses(model, tok, ["..."], n=4, seed=0)  # doctest: +SKIP
+    >>> from auq.training import HFGenerator  # sampling lives with best-of-n
+    >>> HFGenerator(model, tok, num_threads=1).generate(["..."], 4, seed=0)  # doctest: +SKIP
     """
     model, tokenizer, record = load_or_train_policy(
         world, config=config, cache_dir=cache_dir, progress=progress, rebuild=rebuild

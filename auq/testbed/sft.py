@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 import torch
 
 from auq.testbed.policy_config import PolicyConfig
-from auq.testbed.threads import cpu_threads
 from auq.testbed.tokenizer import build_tokenizer
 from auq.utils.console import get_logger, progress_bar, warn_user
 from auq.utils.seeding import seeded
+from auq.utils.threads import cpu_threads
 
 #: PolicyConfig is re-exported: it lived here first
 __all__ = ["PolicyConfig", "TrainStats", "encode_examples", "train_policy"]
 
 logger = get_logger("auq.testbed")
 IGNORE = -100  # label of a token the loss skips
-#: torch threads while training (see :mod:`auq.testbed.threads`)
+#: torch threads while training (see :mod:`auq.utils.threads`)
 TRAIN_THREADS = 1
 
 

@@ -24,6 +24,7 @@ import torch
 
 from auq.utils.console import get_logger, progress_bar
 from auq.utils.seeding import seeded
+from auq.utils.threads import cpu_threads
 from auq.utils.validation import check_positive_int
 
 __all__ = ["GenerationStats", "Generator", "HFGenerator", "as_prompt_list"]
@@ -151,6 +152,10 @@ class HFGenerator:
         default of 50 would otherwise apply).
     batch_size : int
         Prompts per ``generate`` call (each yields n sequences).
+    num_threads : int or None
+        torch CPU threads while sampling on the CPU, restored afterwards; None leaves
+        torch's setting alone. Small policies sample fastest on one thread (the testbed's
+        2-layer GPT-2 on a busy 2-core machine: about 10x faster than on two).
     progress : bool or None
         Progress bar over batches; None shows it only on a terminal or in a notebook.
 
@@ -170,6 +175,7 @@ class HFGenerator:
         top_p: float = 1.0,
         top_k: int = 0,
         batch_size: int = 8,
+        num_threads: int | None = None,
         progress: bool | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module) or not callable(getattr(model, "generate", None)):
@@ -192,6 +198,9 @@ class HFGenerator:
         self.top_p = _check_number("top_p", top_p, 0, 1, closed_low=False)
         self.top_k = check_positive_int("top_k", top_k, minimum=0)
         self.batch_size = check_positive_int("batch_size", batch_size)
+        if num_threads is not None:
+            check_positive_int("num_threads", num_threads)
+        self.num_threads = num_threads
         self.progress = progress
         self.eos_ids = self._eos_ids()
         self.pad_id = self._pad_id()
@@ -201,6 +210,7 @@ class HFGenerator:
         return (
             f"HFGenerator({type(self.model).__name__}, max_new_tokens={self.max_new_tokens}, "
             f"temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}, "
+            f"num_threads={self.num_threads}, "
             f"batch_size={self.batch_size})"
         )
 
@@ -294,7 +304,8 @@ class HFGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
-            with seeded(seed, device), torch.inference_mode():
+            threads = self.num_threads if device.type == "cpu" else None
+            with seeded(seed, device), cpu_threads(threads), torch.inference_mode():
                 for batch in progress_bar(batches, enabled=self.progress, desc="generating"):
                     rows, cut, tokens = self._sample([encoded[i] for i in batch], n, device)
                     for b, i in enumerate(batch):

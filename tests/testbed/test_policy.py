@@ -26,7 +26,6 @@ from auq.testbed.cache import (
 )
 from auq.testbed.policy import (
     PolicyConfig,
-    generate_responses,
     load_or_train_policy,
     reference_policy,
     world_identity,
@@ -34,7 +33,16 @@ from auq.testbed.policy import (
 from auq.testbed.sft import train_policy
 from auq.testbed.tokenizer import build_tokenizer
 from auq.testbed.world import World
+from auq.training import HFGenerator
 from auq.utils.io import CheckpointError
+
+
+def generate_responses(model, tok, prompts, *, n=1, seed=0, **options):
+    """n samples per prompt through the library's one sampler (one thread, as on CI)."""
+    options.setdefault("max_new_tokens", int(model.generation_config.max_new_tokens))
+    generator = HFGenerator(model, tok, num_threads=1, **options)
+    return generator.generate(prompts, n, seed=seed)
+
 
 #: a policy that learns something in a few seconds on one core
 TINY = PolicyConfig(
@@ -336,25 +344,21 @@ def test_tokenizer_bad_input():
 # -- sampling -------------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore:.*reached the token limit:UserWarning")  # an undertrained model
-def test_generate_responses_shape_and_seed(built, world):
+def test_policy_samples_through_hf_generator(built, world):
     model, tok, _, _ = built
     prompts = world.sample_prompts(3, seed=8)
-    kw = {"max_new_tokens": 24, "batch_size": 4}
+    kw = {"max_new_tokens": 24, "batch_size": 2}
     out = generate_responses(model, tok, prompts, n=5, seed=1, **kw)
     assert len(out) == 3 and all(
         len(row) == 5 and all(isinstance(r, str) for r in row) for row in out
     )
     assert generate_responses(model, tok, prompts, n=5, seed=1, **kw) == out
     assert generate_responses(model, tok, prompts, n=5, seed=2, **kw) != out
-    assert not any("<eos>" in r or "<pad>" in r for row in out for r in row)
-    with pytest.warns(UserWarning, match=r"of 15 responses reached the token limit before <eos>"):
-        cut = generate_responses(model, tok, prompts, n=5, seed=1, max_new_tokens=2)
+    assert not any("<eos>" in r or "<pad>" in r or "<bos>" in r for row in out for r in row)
+    generator = HFGenerator(model, tok, max_new_tokens=2, num_threads=1)
+    cut = generator.generate(prompts, 5, seed=1)
+    assert generator.last_stats.n_truncated == 15  # nothing ends within 2 tokens
     assert all(len(tok(r, add_special_tokens=False)["input_ids"]) <= 2 for row in cut for r in row)
-    with pytest.raises(ValueError, match="n must be an integer >= 1"):
-        generate_responses(model, tok, prompts, n=0)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        generate_responses(model, tok, prompts, temperature=0.0)
 
 
 @pytest.mark.filterwarnings("ignore:.*reached the token limit:UserWarning")  # an undertrained model

@@ -1,9 +1,9 @@
 """A scope that runs torch's CPU ops on a set number of threads, then restores the count.
 
-The reference policy's matrices are tiny: extra intra-op threads buy nothing and, on a
-busy machine, mostly spin (measured on a shared 2-core box: an SFT step 14x slower and
-sampling about 10x slower with 2 threads than with 1). One thread also makes training
-bit-for-bit independent of the machine's core count.
+Small models gain nothing from intra-op threads and, on a busy machine, the extra
+threads mostly spin (the testbed's reference policy on a shared 2-core box: an SFT
+step 14x slower and sampling about 10x slower with 2 threads than with 1). One
+thread also makes training bit-for-bit independent of the machine's core count.
 """
 
 from __future__ import annotations
