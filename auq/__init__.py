@@ -34,6 +34,8 @@ _LAZY_MODULES = {
     "members": "auq.members",
     "scoring": "auq.scoring",
     "models": "auq.models",
+    "testbed": "auq.testbed",
+    "training": "auq.training",
 }
 
 __all__ = [
@@ -54,6 +56,8 @@ __all__ = [
     "objectives",
     "plotting",
     "symmetrize",
+    "testbed",
+    "training",
     "uncertainty",
 ]
 
