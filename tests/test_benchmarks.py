@@ -60,3 +60,19 @@ def test_bench_scoring_quick(tmp_path):
     assert any(text.startswith("heads <= 1.05x") for text in goals)
     assert all(g["met"] in (True, False, None) for g in goals.values())
     assert all("tiny" in g["figures"] for g in goals.values() if not g["goal"].startswith("MFU"))
+
+
+def test_bench_overoptimization_quick(tmp_path):
+    stdout = _run("bench_overoptimization.py", "--out-dir", str(tmp_path))
+    assert "Coste et al. ordering at the largest n" in stdout and "cost vs protection" in stdout
+    main = json.loads((tmp_path / "bench_overoptimization_cpu.json").read_text())
+    deep = json.loads((tmp_path / "bench_overoptimization_cpu_deep.json").read_text())
+    assert {r["seed"] for r in main["curves"]} == {0, 1}
+    assert {r["label_noise"] for r in main["curves"]} == {0.0, 0.25}
+    assert {"single", "mean", "wco", "uwo_0.5", "lcb", "laplace", "pyro"} <= {
+        r["selector"] for r in main["curves"]
+    }
+    assert {"deep_mean", "deep_uwo_0.5"} <= {r["selector"] for r in deep["curves"]}
+    assert {r["proxy"] for r in deep["costs"]} == {"single", "heads", "laplace", "deep"}
+    pngs = sorted(tmp_path.glob("bench_overoptimization_cpu_*.png"))
+    assert len(pngs) == 4 and all(p.stat().st_size > 1000 for p in pngs)

@@ -25,6 +25,7 @@ which a proxy trained on short ones over-rates.
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -380,8 +381,17 @@ def _cost_row(
 
 
 def _fit_row(key: dict, proxy: FittedProxy, pairs: dict, splits: dict) -> dict:
-    """Temperature and accuracy (chosen's mean reward higher) on each split."""
+    """Temperature and accuracy (the chosen response's mean reward higher) per split.
+
+    A deep ensemble is measured on the calibration pairs only (it predicted them to
+    calibrate): its train and test accuracy would cost K more backbone passes each (NaN).
+    """
     row = {**key, "proxy": proxy.name, "temperature": proxy.temperature}
     for split in ("train", "calibration", "test"):
-        row[f"accuracy_{split}"] = accuracy(proxy.predict_pairs(pairs[split], splits[split]))
+        if split == "calibration" and proxy.calibration_prediction is not None:
+            row[f"accuracy_{split}"] = accuracy(proxy.calibration_prediction)
+        elif proxy.shares_backbone:
+            row[f"accuracy_{split}"] = accuracy(proxy.predict_pairs(pairs[split], splits[split]))
+        else:
+            row[f"accuracy_{split}"] = math.nan
     return row

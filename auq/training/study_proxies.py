@@ -107,6 +107,8 @@ class FittedProxy:
         Training time, wall and CPU (the head only, for feature-level proxies).
     n_members : int
         Members / posterior draws behind its std.
+    calibration_prediction : PreferencePrediction or None
+        Its prediction of the calibration pairs (kept from calibrating).
     """
 
     name: str
@@ -114,6 +116,7 @@ class FittedProxy:
     temperature: float
     fit_seconds: tuple[float, float]
     n_members: int
+    calibration_prediction: PreferencePrediction | None = None
 
     @property
     def shares_backbone(self) -> bool:
@@ -204,8 +207,9 @@ def fit_proxies(
         timer = Timer()
         model, members = _fit_one(name, config, seed, splits["train"], pairs["train"], d)
         proxy = FittedProxy(name, model, 1.0, timer.elapsed(), members)
+        held_out = proxy.predict_pairs(pairs["calibration"], splits["calibration"])
+        proxy.calibration_prediction = held_out
         if config.calibration == "temperature":
-            held_out = proxy.predict_pairs(pairs["calibration"], splits["calibration"])
             proxy.temperature = float(TemperatureScaler().fit(held_out).temperature_)
         out[name] = proxy
     return out

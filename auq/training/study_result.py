@@ -147,7 +147,9 @@ class StudyResult:
         over every pooled response of its epistemic std with its ``gap``; ``a``, ``b``
         of the gap's linear map; ``std_source``.
     fits : list of dict
-        Per (seed, label_noise, proxy): temperature and held-out accuracy.
+        Per (seed, label_noise, proxy): ``temperature`` and ``accuracy_<split>`` (the
+        chosen response's mean reward higher) on the train, calibration and test
+        pairs (a deep ensemble: calibration only, NaN for the others).
     meta : dict
         Pool statistics, reference policies, timings, versions.
     """

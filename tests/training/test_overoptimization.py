@@ -29,7 +29,12 @@ THREADS = torch.get_num_threads()
 
 
 @pytest.fixture(scope="module")
-def study(tiny_bert_dir, tmp_path_factory):
+def policy_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("policy-cache"))
+
+
+@pytest.fixture(scope="module")
+def study(tiny_bert_dir, policy_cache):
     config = StudyConfig(
         seeds=SEEDS,
         label_noises=NOISES,
@@ -41,7 +46,7 @@ def study(tiny_bert_dir, tmp_path_factory):
         n_heads=3,
         backbone=str(tiny_bert_dir),
         policy_config=TINY_POLICY,
-        cache_dir=str(tmp_path_factory.mktemp("policy-cache")),
+        cache_dir=policy_cache,
         max_new_tokens=24,
         proxy_options={"pyro": {"num_steps": 20, "n_samples": 16}},
         num_threads=1,
@@ -81,6 +86,25 @@ def test_study_runs_end_to_end_with_curves_of_the_right_shape(study):
         assert set(np.unique(rel["y_true"])) == {0.0, 1.0} and len(rel["temperature"]) == 2
     assert [p["seed"] for p in study.meta["pools"]] == list(SEEDS)
     assert study.meta["torch_threads"] == 1 and torch.get_num_threads() == THREADS  # restored
+
+
+def test_a_deep_ensemble_scores_the_pool_with_its_own_backbones(study, tiny_bert_dir, policy_cache):
+    config = StudyConfig(
+        seeds=(0,), label_noises=(0.25,), n_train=12, n_calibration=8, n_test=4, n_prompts=2,
+        pool_size=POOL, selectors=("mean", "deep_mean", "deep_uwo_0.5"), deep_members=2,
+        backbone=str(tiny_bert_dir), policy_config=TINY_POLICY, cache_dir=policy_cache,
+        max_new_tokens=24, num_threads=1, progress=False,
+    )  # fmt: skip
+    result = run_study(config)
+    costs = {c["proxy"]: c for c in result.costs}
+    assert set(costs) == {"heads", "deep"}  # heads always: the reliability data and the monitor
+    assert costs["deep"]["shared_backbone"] is False and costs["deep"]["backbone_seconds"] == 0
+    assert costs["deep"]["score_seconds"] > 0 and costs["deep"]["n_members"] == 2
+    deep_fit = next(f for f in result.fits if f["proxy"] == "deep")
+    assert math.isnan(deep_fit["accuracy_test"]) and 0 <= deep_fit["accuracy_calibration"] <= 1
+    same_pool = study.meta["pools"][0]["gold_mean"]  # seed 0's pool: same policy, prompts, seed
+    assert result.curve("deep_mean", 0.25)["gold"][0] == pytest.approx(same_pool, abs=1e-12)
+    assert np.all(result.curve("deep_uwo_0.5", 0.25)["std"] >= 0)
 
 
 def test_best_of_one_is_the_pool_mean_gold_for_every_selector(study):
