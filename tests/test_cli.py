@@ -11,6 +11,7 @@ import sys
 import warnings
 
 import pytest
+import torch
 
 import auq
 from auq.cli import main
@@ -88,7 +89,12 @@ def test_demo_help_lists_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--help"])
     assert exit_info.value.code == 0
-    assert "--members" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for option in ("--out", "--overwrite", "--fast", "--seed", "--backbone", "--no-progress",
+                   "--label-noise", "--selectors", "--n-train", "--pool-size", "--members"):  # fmt: skip
+        assert option in out
+    for gone in ("--epochs", "--save", "--n-ood", "--hidden-size"):
+        assert gone not in out
 
 
 def test_unknown_command_is_one_line(capsys):
@@ -108,8 +114,16 @@ def test_missing_required_option_is_one_line(capsys, model_dir):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["demo", "--members", "0"], "argument --members: must be an integer >= 1, got '0'"),
-        (["demo", "--epochs", "two"], "argument --epochs: must be an integer >= 1, got 'two'"),
+        (["demo", "--members", "1"], "argument --members: must be an integer >= 2, got '1'"),
+        (["demo", "--pool-size", "x"], "argument --pool-size: must be an integer >= 1, got 'x'"),
+        (
+            ["demo", "--label-noise", "0.25", "0.5"],
+            "argument --label-noise: must be a number in [0, 0.5), got '0.5'",
+        ),
+        (
+            ["demo", "--selectors", "mean", "magic"],
+            "argument --selectors: invalid choice: 'magic' (choose from",
+        ),
         (
             ["calibrate", "m", "d", "--out", "o", "--calibration-fraction", "1.5"],
             "argument --calibration-fraction: must be a number in (0, 1), got '1.5'",
@@ -124,6 +138,15 @@ def test_bad_option_values_are_one_line(capsys, argv, message):
     code, _, err = cli(capsys, *argv)
     assert code == 2
     assert one_error_line(err, command=argv[0]).startswith(message)
+
+
+@pytest.mark.parametrize("gone", ["--epochs", "--save", "--n-ood", "--hidden-size"])
+def test_demo_options_of_the_old_demo_are_refused(capsys, gone):
+    code, _, err = cli(capsys, "demo", gone, "3")
+    assert code == 2
+    assert (
+        one_error_line(err, command=None) == f"unrecognized arguments: {gone} 3 (see 'auq --help')"
+    )
 
 
 # -- calibrate: inputs checked before the model loads; no output left behind ----------------
@@ -354,10 +377,10 @@ def test_warnings_become_one_line(capsys):
     assert capsys.readouterr().err == "auq demo: warning: first line second line\n"
 
 
-def test_keyboard_interrupt_exits_130_in_one_line(tiny_bert_dir):
+def test_keyboard_interrupt_exits_130_in_one_line(tiny_bert_dir, tmp_path):
     argv = [sys.executable, "-m", "auq.cli", "demo", "--backbone", str(tiny_bert_dir),
-            "--n-train", "3000", "--epochs", "500", "--no-progress"]  # fmt: skip
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+            "--out", str(tmp_path / "report"), "--policy-steps", "5000", "--no-progress"]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1", AUQ_CACHE_DIR=str(tmp_path / "cache"))
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -369,53 +392,150 @@ def test_keyboard_interrupt_exits_130_in_one_line(tiny_bert_dir):
         proc.kill()
     assert proc.returncode == 130
     assert err == "auq demo: interrupted\n"
+    assert not (tmp_path / "report").exists()
 
 
 # -- demo ----------------------------------------------------------------------------------
 
+#: options of a demo run that takes seconds on the tiny backbone
+TINY_DEMO = ["--n-train", "40", "--n-calibration", "20", "--n-test", "20", "--n-prompts", "3",
+             "--pool-size", "8", "--members", "2", "--policy-steps", "10", "--policy-pairs",
+             "100", "--max-new-tokens", "16", "--no-progress"]  # fmt: skip
 
-def test_demo_progress_flag():
+
+def test_demo_config_from_options():
+    from auq.cli.demo import FAST, FULL, study_config
     from auq.cli.main import demo_config
 
     parser = build_parser()
-    assert demo_config(parser.parse_args(["demo"])).progress is None  # only on a terminal
+    config = demo_config(parser.parse_args(["demo"]))
+    assert config.progress is None and config.out == "auq-demo-report"  # bars only on a terminal
     assert demo_config(parser.parse_args(["demo", "--no-progress"])).progress is False
+    full = study_config(config)
+    assert full.seeds == (0,) and full.label_noises == FULL.label_noises
+    assert full.pool_size == FULL.pool_size and full.backbone is None  # the packaged MiniLM
+    assert {"single", "mean", "laplace"} <= set(full.selectors)
+    assert {"uwo_0.5", "lcb"} & set(full.selectors)  # a conservative objective
+    fast = study_config(demo_config(parser.parse_args(["demo", "--fast", "--seed", "3"])))
+    assert fast.seeds == (3,) and fast.pool_size == FAST.pool_size < FULL.pool_size
+    assert fast.resolved_policy_config.steps == FAST.policy_steps
+    mixed = demo_config(parser.parse_args(["demo", "--fast", "--pool-size", "32",
+                                           "--label-noise", "0.1", "--selectors", "single", "wco"]))  # fmt: skip
+    study = study_config(mixed)  # an explicit size wins over the preset
+    assert study.pool_size == 32 and study.n_train == FAST.n_train
+    assert study.label_noises == (0.1,) and study.selectors == ("single", "wco")
 
 
-def test_demo_save_is_checked_before_training(capsys, tmp_path):
+def test_demo_out_under_a_file_is_checked_before_compute(capsys, tmp_path):
     (tmp_path / "file").write_text("x")
-    code, _, err = cli(capsys, "demo", "--save", tmp_path / "file" / "m")
-    assert code == 2
-    message = one_error_line(err, command="demo")
-    assert (
-        message
-        == f"--save '{tmp_path / 'file' / 'm'}' cannot be created: '{tmp_path / 'file'}' is a file"
+    code, out, err = cli(capsys, "demo", "--out", tmp_path / "file" / "r")
+    assert code == 2 and out == ""  # nothing ran
+    assert one_error_line(err, command="demo") == (
+        f"--out '{tmp_path / 'file' / 'r'}' cannot be created: '{tmp_path / 'file'}' is a file"
     )
+
+
+def test_demo_refuses_a_non_empty_out_without_overwrite(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, out, err = cli(capsys, "demo", "--out", tmp_path)
+    assert code == 2 and out == ""
+    assert one_error_line(err, command="demo") == (
+        f"--out '{tmp_path}' exists and is not empty; pass --overwrite to write the report "
+        "into it (its report files are replaced), or choose another --out"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_demo_unloadable_backbone(capsys, tmp_path):
-    argv = ["demo", "--backbone", tmp_path / "no-such-model", "--n-train", "4", "--n-eval", "2",
-            "--n-test", "2", "--n-ood", "2", "--no-progress"]  # fmt: skip
-    code, _, err = cli(capsys, *argv)
-    assert code == 2
+    argv = ["demo", "--backbone", tmp_path / "no-such-model", "--out", tmp_path / "r", *TINY_DEMO]
+    code, out, err = cli(capsys, *argv)
+    assert code == 2 and out == ""  # checked before compute
     assert one_error_line(err, command="demo").startswith(
         f"cannot load the backbone '{tmp_path / 'no-such-model'}': "
     )
+    assert not (tmp_path / "r").exists()
 
 
-def test_demo_runs_on_a_tiny_backbone_and_saves(capsys, tiny_bert_dir, tmp_path):
-    argv = ["demo", "--backbone", tiny_bert_dir, "--n-train", "40", "--n-eval", "10",
-            "--n-test", "20", "--n-ood", "10", "--members", "2", "--epochs", "2",
-            "--no-progress", "--save", tmp_path / "saved"]  # fmt: skip
+def test_demo_writes_the_report_on_a_tiny_backbone(capsys, tiny_bert_dir, tmp_path, monkeypatch):
+    from auq.training.study_result import StudyResult
+
+    monkeypatch.setenv("AUQ_CACHE_DIR", str(tmp_path / "cache"))  # the policy is cached here
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "notes.txt").write_text("mine")
+    argv = ["demo", "--backbone", tiny_bert_dir, "--out", report, "--overwrite",
+            "--label-noise", "0.25", "0", *TINY_DEMO]  # fmt: skip
+    threads = torch.get_num_threads()
     code, out, err = cli(capsys, *argv)
     assert code == 0, err
-    assert "held-out accuracy" in out and "OOD detection AUROC" in out
-    assert auq.RewardModel.from_pretrained(tmp_path / "saved").config.n_members == 2
+    assert torch.get_num_threads() == threads  # --threads 1 (the default) is undone
+    assert f"report: {report.resolve() / 'index.html'}" in out
+    assert "reference policy" in out and "writing the report" in out  # stages
+    assert "Coste et al.'s ordering" in out and out.count("laplace") >= 2  # the summary
+    page = (report / "index.html").read_text(encoding="utf-8")
+    assert "<script" not in page and "http" not in page  # static and self-contained
+    figures = ["overoptimization.png", "pick_std.png", "reliability_noise_0.25.png",
+               "reliability_noise_0.png"]  # fmt: skip
+    for name in figures:
+        assert f'<img src="{name}"' in page
+        assert (report / name).read_bytes().startswith(b"\x89PNG")
+    assert "<th>gold at n max</th>" in page and "<th>Gao R²</th>" in page
+    assert "<th>cost of the proxy</th>" in page and "ECE before" in page
+    assert "realised noise rate" in page and "ordering" in page
+    assert "trained by this run in " in page and str(tmp_path / "cache") in page
+    assert page.count("<tr><td>uwo_0.5</td>") == 2  # one row per label noise
+    result = StudyResult.from_json(report / "study.json")
+    assert result.config.label_noises == (0.25, 0.0) and result.config.pool_size == 8
+    assert (report / "notes.txt").read_text() == "mine"  # --overwrite leaves other files
 
 
-@pytest.mark.minilm
-def test_demo_runs_end_to_end_small(capsys):
-    code, out, _ = cli(capsys, "demo", "--n-train", "60", "--n-eval", "20", "--n-test", "40",
-                       "--n-ood", "20", "--members", "2", "--epochs", "2", "--no-progress")  # fmt: skip
-    assert code == 0
-    assert "held-out accuracy" in out and "OOD detection AUROC" in out
+def test_report_page_escapes_every_text():
+    from auq.cli import htmlpage
+
+    page = htmlpage.page(
+        "a <b> & 'c'",
+        [htmlpage.table(["<th>"], [["<script>alert(1)</script>"]]),
+         htmlpage.figure('x".png', "<alt>", "1 < 2"), htmlpage.definition_list([("&", "<")])],
+    )  # fmt: skip
+    assert "<script>" not in page and "<b>" not in page
+    assert (
+        "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        and "a &lt;b&gt; &amp; &#x27;c&#x27;" in page
+    )
+    assert '<img src="x&quot;.png" alt="&lt;alt&gt;">' in page
+
+
+def _study(golds):
+    """A StudyResult holding hand-written curves: selector -> gold at n = 1, 2."""
+    from auq.training.study_config import StudyConfig
+    from auq.training.study_result import CURVE_FIELDS, StudyResult
+
+    config = StudyConfig(label_noises=(0.25,), pool_size=2, selectors=tuple(golds))
+    rows = [
+        {f: 0.0 for f in CURVE_FIELDS}
+        | {"seed": 0, "label_noise": 0.25, "selector": name, "n": n, "gold": gold[i]}
+        for name, gold in golds.items()
+        for i, n in enumerate((1, 2))
+    ]
+    return StudyResult(config=config, curves=rows)
+
+
+def test_report_states_the_coste_verdict_either_way():
+    from auq.cli.report import coste_verdict
+
+    holds = _study({"single": (0, 0.1), "mean": (0, 0.2), "uwo_0.5": (0, 0.3)})
+    assert coste_verdict(holds, 0.25) == (
+        "At 25 % label noise and n = 2, Coste et al.'s ordering HOLDS: best conservative "
+        "uwo_0.5 0.300, mean 0.200, single 0.100 (gold reward)."
+    )
+    broken = _study({"single": (0, 0.3), "mean": (0, 0.2), "lcb": (0, 0.1)})
+    assert coste_verdict(broken, 0.25) == (
+        "At 25 % label noise and n = 2, Coste et al.'s ordering does NOT hold: the best "
+        "conservative objective is below the ensemble mean and the ensemble mean does not "
+        "beat the single model (best conservative lcb 0.100, mean 0.200, single 0.300, gold "
+        "reward)."
+    )
+    missing = _study({"single": (0, 0.3), "mean": (0, 0.2)})
+    assert coste_verdict(missing, 0.25).startswith(
+        "At 25 % label noise and n = 2, the ordering cannot be judged: needs a conservative"
+    )

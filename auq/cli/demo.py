@@ -1,160 +1,290 @@
-"""The main job on the embedded default: train a head-ensemble reward model on the
-built-in preference data with the packaged MiniLM backbone and report how well it
-ranks (against the gold ceiling) and how its uncertainty behaves.
+"""The main job on the embedded default: a reward over-optimisation study with an HTML report.
+
+Build the testbed's synthetic world (known gold reward), train a proxy reward-model
+ensemble on its preference pairs with the packaged MiniLM backbone, calibrate it,
+run best-of-n from the world's reference policy with the plain and with
+conservative objectives, and write a report folder: ``index.html`` with the
+figures (PNGs beside it) and the summary table, and the study's JSON
+(:func:`auq.training.run_study` does the work, :mod:`auq.cli.report` the page).
+
+The output folder is checked before anything is computed. An existing, non-empty
+folder is refused unless ``overwrite`` is set; then the report's files in it are
+replaced and any other file is left alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-
-import numpy as np
-import torch
 
 from auq.cli.errors import CliError, one_line
 from auq.cli.inputs import OutputDir
-from auq.metrics import error_detection_auroc, ood_auroc
+from auq.cli.report import INDEX, summary_lines, write_report
+from auq.testbed.sft import PolicyConfig
+from auq.training.study_config import StudyConfig, default_policy_config
+from auq.utils.threads import cpu_threads
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = [
+    "DEFAULT_OUT",
+    "DEMO_SELECTORS",
+    "FAST",
+    "FULL",
+    "DemoConfig",
+    "Preset",
+    "check_demo",
+    "run_demo",
+    "study_config",
+]
+
+DEFAULT_OUT = "auq-demo-report"
+
+#: the demo's selectors: one reward model, the ensemble mean, two conservative objectives
+#: on the ensemble (Coste et al.'s uwo λ = 0.5 and mean − std), and the Laplace posterior
+DEMO_SELECTORS = ("single", "mean", "uwo_0.5", "lcb", "laplace")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one demo run (see :data:`FULL` and :data:`FAST`)."""
+
+    label_noises: tuple[float, ...]
+    n_train: int
+    n_calibration: int
+    n_test: int
+    n_prompts: int
+    pool_size: int
+    members: int
+    policy_steps: int
+    policy_pairs: int
+
+
+#: the default demo (≤ 10 minutes on 2 CPU cores, reference policy trained included)
+FULL = Preset(
+    label_noises=(0.25, 0.0),
+    n_train=1000,
+    n_calibration=500,
+    n_test=500,
+    n_prompts=32,
+    pool_size=128,
+    members=8,
+    policy_steps=600,
+    policy_pairs=20_000,
+)
+#: ``--fast`` (≤ 2 minutes on 2 CPU cores)
+FAST = Preset(
+    label_noises=(0.25,),
+    n_train=300,
+    n_calibration=150,
+    n_test=150,
+    n_prompts=8,
+    pool_size=32,
+    members=8,
+    policy_steps=250,
+    policy_pairs=4000,
+)
 
 
 @dataclass
 class DemoConfig:
-    """Sizes and settings of the demo (defaults take ~2–3 minutes on 2 CPU cores)."""
+    """What ``auq demo`` runs; a size left at None takes the preset's value.
 
-    n_train: int = 1200
-    n_eval: int = 300
-    n_test: int = 800
-    n_ood: int = 300
-    n_members: int = 8
-    hidden_size: int | None = None
-    epochs: int = 40
+    Parameters
+    ----------
+    out : str
+        The report folder (created; see the module docstring for an existing one).
+    overwrite : bool
+        Write into an existing, non-empty ``out``.
+    fast : bool
+        The :data:`FAST` preset instead of :data:`FULL`.
+    seed : int
+        The world's, the policy's and the proxies' seed.
+    backbone : str, optional
+        HF name or path of the proxies' backbone (default: the packaged MiniLM).
+    label_noises, selectors : sequence, optional
+        Label-flip rates and selector names (see :data:`auq.training.SELECTORS`).
+    n_train, n_calibration, n_test, n_prompts, pool_size, members : int, optional
+        Study sizes (see :class:`~auq.training.StudyConfig`; ``members`` is ``n_heads``).
+    policy_steps, policy_pairs : int, optional
+        SFT steps and training pairs of the reference policy.
+    max_new_tokens : int, optional
+        Tokens per sampled response at most (default: the policy's own limit).
+    threads : int
+        torch CPU threads of the run (restored afterwards). 1 by default: on the shared
+        2-core machine the demo was tuned on, the policy sampled 10× faster on one
+        thread than on two, and MiniLM's features came no slower.
+    progress : bool or None
+        Progress bars (None: only on a terminal). Stage lines are printed regardless.
+    """
+
+    out: str = DEFAULT_OUT
+    overwrite: bool = False
+    fast: bool = False
     seed: int = 0
     backbone: str | None = None
-    save_to: str | None = None
-    progress: bool | None = None  # None: bars only on a terminal (auq.utils.console)
+    label_noises: Sequence[float] | None = None
+    selectors: Sequence[str] | None = None
+    n_train: int | None = None
+    n_calibration: int | None = None
+    n_test: int | None = None
+    n_prompts: int | None = None
+    pool_size: int | None = None
+    members: int | None = None
+    policy_steps: int | None = None
+    policy_pairs: int | None = None
+    max_new_tokens: int | None = None
+    threads: int = 1
+    progress: bool | None = None
+
+    def resolved(self, name: str):
+        """The value of a size, the preset's when not set."""
+        value = getattr(self, name)
+        return getattr(FAST if self.fast else FULL, name) if value is None else value
 
 
-def _check(config: DemoConfig) -> OutputDir | None:
-    """Validate the sizes and ``save_to`` before anything loads."""
-    for name in ("n_train", "n_eval", "n_test", "n_ood", "n_members", "epochs"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            option = "--members" if name == "n_members" else "--" + name.replace("_", "-")
-            raise CliError(f"{option} must be an integer >= 1, got {value!r}")
-    if config.hidden_size is not None and (
-        isinstance(config.hidden_size, bool)
-        or not isinstance(config.hidden_size, int)
-        or config.hidden_size < 1
-    ):
-        raise CliError(f"--hidden-size must be an integer >= 1, got {config.hidden_size!r}")
-    return None if config.save_to is None else OutputDir(config.save_to, option="--save")
+def _policy_config(config: DemoConfig) -> PolicyConfig:
+    base = default_policy_config()
+    steps, pairs = config.resolved("policy_steps"), config.resolved("policy_pairs")
+    return dataclasses.replace(
+        base,
+        steps=steps,
+        n_train=pairs,
+        warmup_steps=min(base.warmup_steps, steps // 10),
+        seed=config.seed,
+    )
 
 
-def run_demo(config: DemoConfig | None = None) -> dict[str, float]:
-    """Train, evaluate and summarise; returns the figures it prints."""
-    from auq.data.builtin import gold_ceiling, load_builtin_preferences
-    from auq.models.reward_model import RewardModel
+def study_config(config: DemoConfig) -> StudyConfig:
+    """The :class:`StudyConfig` of a demo config (``ValueError`` on a bad value)."""
+    return StudyConfig(
+        seeds=(config.seed,),
+        label_noises=tuple(config.resolved("label_noises")),
+        n_train=config.resolved("n_train"),
+        n_calibration=config.resolved("n_calibration"),
+        n_test=config.resolved("n_test"),
+        n_prompts=config.resolved("n_prompts"),
+        pool_size=config.resolved("pool_size"),
+        selectors=tuple(DEMO_SELECTORS if config.selectors is None else config.selectors),
+        n_heads=config.resolved("members"),
+        backbone=config.backbone,
+        policy_config=_policy_config(config),
+        max_new_tokens=config.max_new_tokens,
+        num_threads=config.threads,
+        progress=config.progress,
+    )
+
+
+def _check_backbone(backbone: str | None) -> str:
+    """The backbone's path or name, its config read (no weights) to fail early."""
+    from transformers import AutoConfig
+
     from auq.utils.defaults import default_backbone_path
 
-    config = config or DemoConfig()
-    save_to = _check(config)
-    torch.manual_seed(config.seed)
-    start = time.perf_counter()
-    n_in = config.n_train + config.n_eval + config.n_test
-    data = load_builtin_preferences(n_in, seed=config.seed, domain="in")
-    train, rest = data.split(test_size=config.n_eval + config.n_test, seed=config.seed)
-    val, test = rest.split(test_size=config.n_test, seed=config.seed)
-    ood = load_builtin_preferences(config.n_ood, seed=config.seed + 1, domain="ood")
-    backbone = config.backbone or str(default_backbone_path())
-    print(f"backbone: {backbone}")
-    print(
-        f"data: {len(train)} train / {len(val)} validation / {len(test)} test pairs, "
-        f"{len(ood)} out-of-distribution pairs"
-    )
-
+    name = backbone or str(default_backbone_path())
     try:
-        rm = RewardModel.from_backbone(
-            backbone,
-            uq="heads",
-            n_members=config.n_members,
-            hidden_size=config.hidden_size,
-            seed=config.seed,
-        )
+        AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:  # not found, not a model, offline hub
-        raise CliError(f"cannot load the backbone {backbone!r}: {one_line(err)}") from err
-    rm.fit(train, eval_dataset=val, epochs=config.epochs, progress=config.progress)
-    test_pred = rm.predict(test, progress=config.progress)
-    ood_pred = rm.predict(ood, progress=config.progress)
+        raise CliError(f"cannot load the backbone {name!r}: {one_line(err)}") from err
+    return name
 
-    gold_prefers_chosen = np.asarray(test.column("gold_chosen")) > np.asarray(
-        test.column("gold_rejected")
+
+def check_demo(config: DemoConfig) -> tuple[OutputDir, StudyConfig, str]:
+    """Everything checked before any compute: the output folder, the sizes, the backbone."""
+    out = OutputDir(config.out, option="--out")
+    if out.path.is_dir() and any(out.path.iterdir()) and not config.overwrite:
+        raise CliError(
+            f"--out {config.out!r} exists and is not empty; pass --overwrite to write the "
+            "report into it (its report files are replaced), or choose another --out"
+        )
+    try:
+        study = study_config(config)
+    except ValueError as err:
+        raise CliError(one_line(err)) from err
+    return out, study, _check_backbone(config.backbone)
+
+
+class _StageLines(logging.Handler):
+    """Print auq's INFO log lines (the study's stages) as they come, with the time so far."""
+
+    def __init__(self, start: float) -> None:
+        super().__init__(logging.INFO)
+        self.start = start
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.WARNING:  # warnings have their own one-line handler
+            _stage(self.start, record.getMessage())
+
+
+def _stage(start: float, text: str) -> None:
+    print(f"  [{time.perf_counter() - start:5.0f} s] {text}", flush=True)
+
+
+@contextmanager
+def _showing_stages(start: float, progress: bool | None) -> Iterator[None]:
+    """Stage lines on stdout; with ``progress=False`` also no transformers progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    logger = logging.getLogger("auq")
+    handler, level = _StageLines(start), logger.level
+    hf_bars = hf_logging.is_progress_bar_enabled()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    if progress is False:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        if hf_bars:
+            hf_logging.enable_progress_bar()
+
+
+def run_demo(config: DemoConfig | None = None):
+    """Run the study and write the report; returns the :class:`StudyResult`."""
+    from auq.testbed import World
+    from auq.testbed.policy import load_or_train_policy
+    from auq.training.overoptimization import run_study
+
+    start = time.perf_counter()
+    config = config or DemoConfig()
+    out, study, backbone = check_demo(config)
+    print(f"backbone: {backbone}", flush=True)
+    noises = ", ".join(f"{v:g}" for v in study.label_noises)
+    print(
+        f"study ({'fast' if config.fast else 'full'} preset): seed {config.seed}, label noise "
+        f"{noises}, {study.n_train} training pairs, {study.n_prompts} prompts × "
+        f"{study.pool_size} responses, selectors {', '.join(study.selectors)}",
+        flush=True,
     )
-    predicted_chosen = test_pred.correct.numpy()
-    errors = ~predicted_chosen
-
-    def scores(score: str) -> tuple[np.ndarray, np.ndarray]:
-        return test_pred.uncertainty(score).numpy(), ood_pred.uncertainty(score).numpy()
-
-    response_in, response_ood = scores("response_std")  # OOD detection: the stronger score
-    margin_in, margin_ood = scores("margin_std")
-    results = {
-        "heldout_accuracy": float(predicted_chosen.mean()),
-        "gold_ceiling": gold_ceiling(test),
-        "agreement_with_gold": float((predicted_chosen == gold_prefers_chosen).mean()),
-        "ood_accuracy": ood_pred.accuracy(),
-        "response_std_in": float(response_in.mean()),
-        "response_std_ood": float(response_ood.mean()),
-        "margin_std_in": float(margin_in.mean()),
-        "margin_std_ood": float(margin_ood.mean()),
-        "epistemic_entropy_in": float(test_pred.epistemic.mean()),
-        "epistemic_entropy_ood": float(ood_pred.epistemic.mean()),
-        "ood_auroc_response_std": ood_auroc(response_in, response_ood),
-        "ood_auroc_margin_std": ood_auroc(margin_in, margin_ood),
-        # errors are found by the predictive entropy; disagreement alone tracks them weakly
-        "error_auroc_total": _auroc(errors, test_pred.uncertainty("total").numpy()),
-        "error_auroc_margin_std": _auroc(errors, margin_in),
-        "seconds": time.perf_counter() - start,
-    }
-    _print_report(results, rm)
-    if save_to is not None:
-        with save_to.writing() as path:
-            rm.save_pretrained(path)
-        print(f"saved to {path.resolve()}")
-    return results
-
-
-def _auroc(errors: np.ndarray, scores: np.ndarray) -> float:
-    """Error-detection AUROC, NaN when every prediction is right (or wrong)."""
-    return error_detection_auroc(errors, scores) if 0 < errors.sum() < len(errors) else float("nan")
-
-
-def _print_report(r: dict[str, float], rm) -> None:
-    best = rm.history_.best_epoch if rm.history_ is not None else None
+    print(f"report: {out.path.resolve() / INDEX} (written at the end)", flush=True)
+    with _showing_stages(start, config.progress), cpu_threads(config.threads):
+        _stage(start, "reference policy: from the cache, or trained now (first run only)")
+        *_, policy = load_or_train_policy(
+            World(config.seed),
+            config=study.resolved_policy_config,
+            cache_dir=study.cache_dir,
+            progress=config.progress,
+        )  # cached here so that its stage shows; run_study then reads the cache
+        result = run_study(study)
+        seconds = time.perf_counter() - start
+        _stage(start, "writing the report")
+        facts = [
+            ("preset", "fast" if config.fast else "full"),
+            ("backbone", backbone),
+            ("torch threads", config.threads),
+            (
+                "reference policy cache",
+                (f"trained by this run in {policy.train_seconds:.0f} s, " if policy.trained else "")
+                + f"at {policy.path}",
+            ),
+        ]
+        with out.writing() as path:
+            index = write_report(result, path, facts=facts, seconds=seconds)
     print()
-    print(f"Reward model: {rm.config.n_members} heads on a frozen backbone (best epoch {best})")
-    print(
-        f"  held-out accuracy           {r['heldout_accuracy']:.3f}   "
-        f"(gold-reward ceiling {r['gold_ceiling']:.3f}, chance 0.500)"
-    )
-    print(f"  agreement with gold reward  {r['agreement_with_gold']:.3f}")
-    print(f"  out-of-distribution acc.    {r['ood_accuracy']:.3f}")
-    print("Uncertainty (epistemic, across members)")
-    print(
-        f"  responses' reward std in / OOD  {r['response_std_in']:.3f} / "
-        f"{r['response_std_ood']:.3f}   (std(r_chosen) + std(r_rejected))"
-    )
-    print(f"  margin std  in / OOD            {r['margin_std_in']:.3f} / {r['margin_std_ood']:.3f}")
-    print(
-        f"  mutual info in / OOD            {r['epistemic_entropy_in']:.4f} / "
-        f"{r['epistemic_entropy_ood']:.4f} nats"
-    )
-    print(
-        f"  OOD detection AUROC             {r['ood_auroc_response_std']:.3f} (responses' std), "
-        f"{r['ood_auroc_margin_std']:.3f} (margin std)"
-    )
-    print(
-        f"  error detection AUROC           {r['error_auroc_total']:.3f} (predictive entropy), "
-        f"{r['error_auroc_margin_std']:.3f} (margin std)"
-    )
-    print(f"done in {r['seconds']:.0f} s")
+    print("\n".join(summary_lines(result)))
+    print(f"done in {time.perf_counter() - start:.0f} s; report: {index.resolve()}")
+    return result
