@@ -15,6 +15,7 @@ replaced and any other file is left alone.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -193,6 +194,8 @@ def _check_backbone(backbone: str | None) -> str:
 
 def check_demo(config: DemoConfig) -> tuple[OutputDir, StudyConfig, str]:
     """Everything checked before any compute: the output folder, the sizes, the backbone."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CliError("auq demo draws its figures with matplotlib: pip install 'auq[plot]'")
     out = OutputDir(config.out, option="--out")
     if out.path.is_dir() and any(out.path.iterdir()) and not config.overwrite:
         raise CliError(
