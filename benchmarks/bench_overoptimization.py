@@ -85,7 +85,8 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--deep-seed", type=int, default=0)
     parser.add_argument("--deep-prompts", type=int, default=4)
     parser.add_argument("--deep-pool", type=int, default=256)
-    parser.add_argument("--deep-train", type=int, default=300, help="pairs of the deep study")
+    parser.add_argument("--deep-train", type=int, default=200, help="train pairs, deep study")
+    parser.add_argument("--deep-cal", type=int, default=200, help="calibration pairs, deep study")
     parser.add_argument("--deep-epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--backbone", default=None, help="HF name or path (default: MiniLM)")
@@ -98,6 +99,7 @@ def _args() -> argparse.Namespace:
         args.seeds, args.prompts, args.pool = (0, 1), 2, 8
         args.n_train, args.n_cal, args.n_test, args.heads = 40, 20, 16, 3
         args.deep_members, args.deep_prompts, args.deep_pool, args.deep_train = 2, 2, 4, 16
+        args.deep_cal = 16
     return args
 
 
@@ -107,18 +109,19 @@ def _configs(args: argparse.Namespace) -> tuple[StudyConfig, StudyConfig | None]
         {"max_new_tokens": 24, "proxy_options": {"pyro": {"num_steps": 20}}} if args.quick else {}
     )
     common = dict(
-        label_noises=args.noises, n_calibration=args.n_cal, n_test=args.n_test,
+        label_noises=args.noises, n_test=args.n_test,
         n_heads=args.heads, backbone=args.backbone, policy_config=policy,
         cache_dir=args.cache_dir, num_threads=args.threads, progress=False, **quick,
     )  # fmt: skip
     main = StudyConfig(
-        seeds=args.seeds, n_train=args.n_train, n_prompts=args.prompts, pool_size=args.pool,
-        **common,
+        seeds=args.seeds, n_train=args.n_train, n_calibration=args.n_cal, n_prompts=args.prompts,
+        pool_size=args.pool, **common,
     )  # fmt: skip
     if not args.deep_members:
         return main, None
     deep = StudyConfig(
-        seeds=(args.deep_seed,), n_train=args.deep_train, n_prompts=args.deep_prompts,
+        seeds=(args.deep_seed,), n_train=args.deep_train, n_calibration=args.deep_cal,
+        n_prompts=args.deep_prompts,
         pool_size=args.deep_pool, deep_members=args.deep_members, deep_epochs=args.deep_epochs,
         selectors=DEEP_SELECTORS, **common,
     )  # fmt: skip
@@ -233,8 +236,11 @@ def _context_lines(result: StudyResult) -> list[str]:
             f"{100 * pool['distinct_fraction']:.1f} % distinct per prompt, "
             f"{pool['n_truncated']} cut at {pool['max_new_tokens']} tokens, gold mean "
             f"{pool['gold_mean']:+.3f}; policy final loss {pool['policy_final_loss']:.3f} "
-            f"(held-out {_f(pool['policy_eval_loss'])}); sampled in "
-            f"{pool['sample_seconds']:.0f} s, MiniLM pass {pool['backbone_seconds']:.0f} s"
+            f"(held-out {_f(pool['policy_eval_loss'])}), trained in "
+            f"{pool['policy_train_seconds']:.0f} s "
+            f"({'in this run' if pool['policy_trained_now'] else 'earlier, cached'}); "
+            f"sampled in {pool['sample_seconds']:.0f} s, MiniLM pass "
+            f"{pool['backbone_seconds']:.0f} s"
         )
     for r in (r for r in result.noise if r["split"] == "train"):
         lines.append(
@@ -281,7 +287,7 @@ def _report(args, main: StudyResult, deep: StudyResult | None, started, seconds)
         f"machine : {device_name('cpu')}, shared; {args.threads} torch thread(s)",
         f"date    : {started:%Y-%m-%d %H:%M} UTC, {seconds / 60:.1f} min wall in all",
         f"command : python {' '.join(sys.argv)}",
-        f"code    : {_version()}",
+        f"code    : {args.code_version} (at the start of the run)",
         f"stack   : Python {platform.python_version()}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}",
         f"policy  : GPT-2 {policy.n_layer} layers x {policy.n_embd}, SFT {policy.steps} steps on "
@@ -312,7 +318,8 @@ def _report(args, main: StudyResult, deep: StudyResult | None, started, seconds)
         lines += [
             "",
             f"cost vs protection (seed {c.seeds[0]}, {c.n_prompts} prompts x {c.pool_size} "
-            f"responses, {c.n_train} train pairs; deep = {c.deep_members} MiniLMs fine-tuned "
+            f"responses, {c.n_train} train / {c.n_calibration} calibration pairs; deep = "
+            f"{c.deep_members} MiniLMs fine-tuned "
             f"{c.deep_epochs} epoch(s) each, a CPU budget; score = the pool scored by that proxy "
             "alone, feature-level proxies charged the one shared MiniLM pass):",
             *_cost_lines(deep),
@@ -359,6 +366,7 @@ def main() -> None:
 
 def _run(args: argparse.Namespace) -> None:
     started = datetime.datetime.now(datetime.timezone.utc)
+    args.code_version = _version()
     clock = time.perf_counter()
     main_config, deep_config = _configs(args)
     print(f"main study: {main_config}", flush=True)
@@ -379,6 +387,7 @@ def _run(args: argparse.Namespace) -> None:
                 result.meta["command"] = f"python {' '.join(sys.argv)}"
                 result.meta["machine"] = device_name("cpu")
                 result.meta["date"] = started.isoformat(timespec="seconds")
+                result.meta["code"] = args.code_version
         main_result.to_json(f"{stem}.json")
         if deep_result is not None:
             deep_result.to_json(f"{stem}_deep.json")
