@@ -50,7 +50,16 @@ def test_gpu_engine_fast_paths_equal_plain_scoring(fixture, request):
     bb = bb.to("cuda")
     bb.scoring.precision = "fp32"
     prompts = ["Explain carefully how one cooks plain white rice on a stove."] * 6 + ["hi"] * 2
-    responses = [" Rinse it.", " Simmer.", " No.", " Use water.", " Boil it first.", " ok", " a", " b"]
+    responses = [
+        " Rinse it.",
+        " Simmer.",
+        " No.",
+        " Use water.",
+        " Boil it first.",
+        " ok",
+        " a",
+        " b",
+    ]
     tokens = bb.tokenize(prompts, responses)
     plain = bb.encode(tokens, batch_size=1, bucketing=False, prefix_sharing=False)
     shared = bb.encode(tokens, groups=prompt_groups(prompts), min_prefix_tokens=2)

@@ -179,7 +179,9 @@ def test_device_map_is_passed_through_and_excludes_device(tiny_gpt2_dir):
     plain = auq.RewardModel.from_backbone(tiny_gpt2_dir, n_members=2)
     for model in (rm, plain):
         model.head.fitted_.fill_(True)
-    torch.testing.assert_close(rm.score("hi", [" a", " b"]).mean, plain.score("hi", [" a", " b"]).mean)
+    torch.testing.assert_close(
+        rm.score("hi", [" a", " b"]).mean, plain.score("hi", [" a", " b"]).mean
+    )
     with pytest.raises(ValueError, match="either device='cpu' or device_map=.*not both"):
         auq.RewardModel.from_backbone(tiny_gpt2_dir, device="cpu", device_map="auto")
 
