@@ -44,10 +44,13 @@ __all__ = [
     "plot_reliability_diagram",
     "plot_risk_coverage",
     "plot_uncertainty_histograms",
+    "pyplot",
+    "save_figure",
 ]
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot``, imported on first use (an ImportError naming the extra)."""
     try:
         import matplotlib.pyplot as plt
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -58,11 +61,12 @@ def _pyplot():
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is not None:
         return ax.figure, ax
-    fig, ax = _pyplot().subplots(figsize=figsize)
+    fig, ax = pyplot().subplots(figsize=figsize)
     return fig, ax
 
 
-def _save(fig: Figure, save_path: str | Path | None) -> None:
+def save_figure(fig: Figure, save_path: str | Path | None) -> None:
+    """Write ``fig`` to ``save_path`` (150 dpi, tight) unless it is None."""
     if save_path is not None:
         fig.savefig(save_path, dpi=150, bbox_inches="tight")
 
@@ -219,7 +223,7 @@ class ReliabilityDisplay:
             self.hist_ax_ = _counts_axis(ax)
             _draw_counts(self.hist_ax_, self.curve, line.get_color())
         self.figure_, self.ax_, self.line_ = fig, ax, line
-        _save(fig, save_path)
+        save_figure(fig, save_path)
         return self
 
 
@@ -300,7 +304,7 @@ def plot_calibration_comparison(
     hax = _counts_axis(ax)
     for curve, label, color in curves:
         _draw_counts(hax, curve, color, label)
-    _save(fig, save_path)
+    save_figure(fig, save_path)
     return fig
 
 
@@ -357,7 +361,7 @@ def plot_risk_coverage(
     ax.set_ylabel("risk (mean loss)")
     ax.set_title(f"Risk–coverage, ranked by {score or 'uncertainty'}")
     ax.legend(fontsize="small")
-    _save(fig, save_path)
+    save_figure(fig, save_path)
     return fig
 
 
@@ -403,5 +407,5 @@ def plot_uncertainty_histograms(
     ax.set_ylabel("density")
     ax.set_title(f"{shown or 'Uncertainty'} (OOD AUROC = {ood_auroc(u_in, u_out):.3f})")
     ax.legend(fontsize="small")
-    _save(fig, save_path)
+    save_figure(fig, save_path)
     return fig

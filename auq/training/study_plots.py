@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from auq.plotting import plot_calibration_comparison
+from auq.plotting import plot_calibration_comparison, pyplot, save_figure
 from auq.training.study_result import StudyResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,14 +47,6 @@ STYLE: dict[str, tuple[str, str]] = {
 }
 
 
-def _pyplot():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("study plots need matplotlib: pip install 'auq[plot]'") from err
-    return plt
-
-
 def _check(result: Any) -> StudyResult:
     if not isinstance(result, StudyResult):
         raise TypeError(f"result must be a StudyResult, got {type(result).__name__}")
@@ -76,7 +68,7 @@ def _panels(
                 f"ax draws one panel: pass label_noise= (one of {noises}) with it, or no ax"
             )
         return ax.figure, [(ax, noises[0])]
-    fig, axes = _pyplot().subplots(
+    fig, axes = pyplot().subplots(
         1, len(noises), figsize=(width * len(noises), 4.2), squeeze=False, sharey=True
     )
     return fig, list(zip(axes[0], noises, strict=True))
@@ -95,11 +87,6 @@ def _selectors(result: StudyResult, selectors: Sequence[str] | None) -> list[str
 def _by_seed(result: StudyResult, name: str, noise: float, column: str) -> np.ndarray:
     """(n_seeds, K) values of one column, seeds in config order."""
     return np.stack([result.curve(name, noise, s)[column] for s in result.config.seeds])
-
-
-def _save(fig: Figure, save_path: str | Path | None) -> None:
-    if save_path is not None:
-        fig.savefig(save_path, dpi=150, bbox_inches="tight")
 
 
 def plot_overoptimization(
@@ -155,7 +142,7 @@ def plot_overoptimization(
         spread = f"mean of {n_seeds} seeds, shaded min-max" if n_seeds > 1 else "one seed"
         fig.suptitle(f"Best-of-n over-optimisation ({spread})", fontsize=10)
         fig.tight_layout()
-    _save(fig, save_path)
+    save_figure(fig, save_path)
     return fig
 
 
@@ -199,7 +186,7 @@ def plot_pick_std(
     panels[0][0].legend(fontsize=7, ncol=2, loc="best")
     if ax is None:
         fig.tight_layout()
-    _save(fig, save_path)
+    save_figure(fig, save_path)
     return fig
 
 
