@@ -315,6 +315,17 @@ def _add_score(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser) 
     score.set_defaults(func=_score)
 
 
+def _register(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser, module: str) -> None:
+    """Add the subcommand defined by ``auq.cli.<module>.add_parser(sub, debug)``."""
+    import importlib
+
+    importlib.import_module(f"auq.cli.{module}").add_parser(sub, debug)
+
+
+#: commands defined in their own modules (each has ``add_parser(sub, debug)``), in help order
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from auq.utils.metadata import package_version
 
@@ -363,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--seed", type=int, default=0)
     cal.set_defaults(func=_calibrate)
     _add_score(sub, debug)
+    for module in COMMAND_MODULES:
+        _register(sub, debug, module)
     return parser
 
 
