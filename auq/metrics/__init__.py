@@ -20,6 +20,11 @@ intervals
 preference pairs
     :func:`symmetrize_probabilities`, :func:`calibration_inputs`,
     :func:`uncertainty_values` (a named score of a ``PreferencePrediction``)
+RewardBench-style accuracy
+    :func:`pair_correct`, :func:`best_of_k_correct`, :func:`subset_accuracy`,
+    :func:`rewardbench_sections`, :func:`rewardbench_score`,
+    :func:`is_rewardbench_subset`, :data:`REWARDBENCH_EXAMPLE_COUNTS`,
+    :data:`REWARDBENCH_SECTIONS`
 everything at once
     :func:`calibration_report`
 
@@ -54,6 +59,16 @@ from auq.metrics.preference import (
     uncertainty_values,
 )
 from auq.metrics.report import calibration_report
+from auq.metrics.rewardbench import (
+    REWARDBENCH_EXAMPLE_COUNTS,
+    REWARDBENCH_SECTIONS,
+    best_of_k_correct,
+    is_rewardbench_subset,
+    pair_correct,
+    rewardbench_score,
+    rewardbench_sections,
+    subset_accuracy,
+)
 from auq.metrics.scoring_rules import (
     accuracy,
     brier_score,
@@ -62,11 +77,14 @@ from auq.metrics.scoring_rules import (
 )
 
 __all__ = [
+    "REWARDBENCH_EXAMPLE_COUNTS",
+    "REWARDBENCH_SECTIONS",
     "CalibrationInputs",
     "ReliabilityCurve",
     "accuracy",
     "adaptive_calibration_error",
     "aurc",
+    "best_of_k_correct",
     "bound_calibration",
     "brier_score",
     "calibration_inputs",
@@ -75,14 +93,19 @@ __all__ = [
     "error_detection_aupr",
     "error_detection_auroc",
     "expected_calibration_error",
+    "is_rewardbench_subset",
     "maximum_calibration_error",
     "negative_log_likelihood",
     "negative_log_likelihood_from_logits",
     "ood_aupr",
     "ood_auroc",
+    "pair_correct",
     "preference_bound_calibration_error",
     "reliability_curve",
+    "rewardbench_score",
+    "rewardbench_sections",
     "risk_coverage_curve",
+    "subset_accuracy",
     "symmetrize_probabilities",
     "uncertainty_values",
 ]
