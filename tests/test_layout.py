@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).parents[1] / "auq"
 #: floors from the ground up; a module may import its own floor and the ones below
 FLOORS: list[set[str]] = [
     {"utils"},
-    {"types", "uncertainty", "losses", "metrics", "data"},
+    {"types", "uncertainty", "losses", "metrics", "data", "loop"},
     {"scoring"},
     {"backbone"},
     {"heads"},

@@ -93,8 +93,10 @@ class EnsembleHead(PreferenceHead):
 
     method = "heads"
     accepts_member_features = True
-    fit_options = frozenset(FIT_OPTIONS) - {"head_lr"}
-    fit_options_note = "head_lr applies only when a backbone trains with the heads"
+    fit_options = frozenset(FIT_OPTIONS) - {"head_lr", "gradient_checkpointing"}
+    fit_options_note = (
+        "head_lr and gradient_checkpointing apply only when a backbone trains with the heads"
+    )
 
     def __init__(
         self,

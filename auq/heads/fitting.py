@@ -1,10 +1,12 @@
-"""One small training loop for everything fitted with minibatch gradients.
+"""Minibatch-gradient fitting of pair losses, on the one training loop (:mod:`auq.loop`).
 
 Heads on cached features and fine-tuned backbones share it: the caller supplies
-``batch_loss(indices) -> StepOutput`` over pair indices, the loop supplies
-seeded shuffling, AdamW, gradient clipping, a progress bar, per-epoch held-out
+``batch_loss(indices) -> StepOutput`` over pair indices; :func:`fit_pairs` turns
+epochs into the loop's updates and adds, at each epoch's end, the held-out
 loss/accuracy, early stopping with best-weights restore, and a history in which
-the data loss and the penalties (anchoring, diversity) are reported apart.
+the data loss and the penalties (anchoring, diversity) are reported apart. The
+loop supplies seeded shuffling, AdamW, clipping, accumulation, mixed precision,
+data parallelism, checkpoints and resume.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from auq.utils.console import progress_bar
+from auq.loop import EpochBatches, LoopConfig, StepResult, TrainingLoop
 
 __all__ = ["FIT_OPTIONS", "FitConfig", "FitHistory", "StepOutput", "fit_pairs"]
 
@@ -48,6 +50,12 @@ class FitConfig:
         Seed of the minibatch order.
     progress : bool or None
         Show a progress bar: None (default) only on a terminal or in a notebook.
+    gradient_accumulation_steps, mixed_precision, gradient_checkpointing : optional
+        The loop's options (:class:`~auq.loop.LoopConfig`); a batch of
+        ``batch_size`` pairs is then split into that many micro-batches.
+    output_dir, save_steps, resume_from_checkpoint : optional
+        Checkpoints every ``save_steps`` updates in ``output_dir`` and resume
+        (:class:`~auq.loop.LoopConfig`); ``metrics.jsonl`` goes there too.
     """
 
     epochs: int = 20
@@ -60,6 +68,12 @@ class FitConfig:
     patience: int | None = 5
     seed: int = 0
     progress: bool | None = None
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    output_dir: str | None = None
+    save_steps: int | None = None
+    resume_from_checkpoint: str | bool | None = None
 
     def replace(self, **changes) -> FitConfig:
         """A copy with ``changes`` applied; unknown names are refused with the valid ones."""
@@ -88,6 +102,31 @@ class FitConfig:
             or self.patience < 1
         ):
             raise ValueError(f"patience must be a positive integer or None, got {self.patience!r}")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of "
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} (each update "
+                "takes batch_size pairs in that many micro-batches)"
+            )
+        self.loop_config(1)  # the loop's own checks, now rather than at the first fit
+
+    def loop_config(self, max_steps: int, *, cpu: bool = False) -> LoopConfig:
+        """The :class:`~auq.loop.LoopConfig` of a fit of ``max_steps`` updates."""
+        return LoopConfig(
+            max_steps=max_steps,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm,
+            mixed_precision=self.mixed_precision,
+            gradient_checkpointing=self.gradient_checkpointing,
+            seed=self.seed,
+            output_dir=self.output_dir,
+            save_steps=self.save_steps,
+            resume_from_checkpoint=self.resume_from_checkpoint,
+            cpu=cpu,
+            progress=self.progress,
+        )
 
 
 #: names of the :class:`FitConfig` training options
@@ -162,6 +201,66 @@ def _trainable_snapshot(params: dict[str, nn.Parameter]) -> dict[str, Tensor]:
     return {name: p.detach().to("cpu", copy=True) for name, p in params.items()}
 
 
+class _EpochTracker:
+    """Per-epoch sums, evaluation, early stopping and the best weights of one fit."""
+
+    def __init__(self, module, n_pairs, config, evaluate, trainable):
+        self.module, self.n_pairs, self.config = module, n_pairs, config
+        self.evaluate, self.trainable = evaluate, trainable
+        self.history = FitHistory()
+        self.best_loss, self.best_state, self.stale = math.inf, None, 0
+        self.sums = {"loss": 0.0, "penalty": 0.0, "correct": 0.0, "has_penalty": 0.0}
+
+    def add(self, step: StepOutput, n: int) -> None:
+        self.sums["loss"] += float(step.loss.detach()) * n
+        if step.penalty is not None:
+            self.sums["has_penalty"] = 1.0
+            self.sums["penalty"] += float(step.penalty.detach()) * n
+        self.sums["correct"] += float((step.margins.detach() > 0).sum())
+
+    def end_epoch(self) -> bool:
+        """Close the epoch's records; True when early stopping ends the fit."""
+        history, sums, n = self.history, self.sums, self.n_pairs
+        history.train_loss.append(sums["loss"] / n)
+        if sums["has_penalty"]:
+            history.train_penalty.append(sums["penalty"] / n)
+        history.train_accuracy.append(sums["correct"] / n)
+        self.sums = dict.fromkeys(sums, 0.0)
+        if self.evaluate is None:
+            return False
+        self.module.eval()
+        eval_loss, eval_acc = self.evaluate()
+        self.module.train()
+        history.eval_loss.append(eval_loss)
+        history.eval_accuracy.append(eval_acc)
+        if eval_loss < self.best_loss - 1e-6:
+            self.best_loss, self.stale = eval_loss, 0
+            history.best_epoch = len(history.eval_loss) - 1
+            if self.config.patience is not None:
+                self.best_state = _trainable_snapshot(self.trainable)
+            return False
+        self.stale += 1
+        if self.config.patience is not None and self.stale >= self.config.patience:
+            history.stopped_early = True
+            return True
+        return False
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the fit (the best weights included)."""
+        return {
+            "history": self.history.as_dict(),
+            "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "best_state": self.best_state,
+            "stale": self.stale,
+            "sums": dict(self.sums),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.history = FitHistory(**state["history"])
+        self.best_loss = math.inf if state["best_loss"] is None else state["best_loss"]
+        self.best_state, self.stale, self.sums = state["best_state"], state["stale"], state["sums"]
+
+
 def fit_pairs(
     module: nn.Module,
     batch_loss: Callable[[Tensor], StepOutput],
@@ -194,67 +293,43 @@ def fit_pairs(
     Returns
     -------
     FitHistory
+        ``n_steps`` counts the optimiser updates.
     """
     trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
-    if param_groups is None:
-        param_groups = [{"params": list(trainable.values())}]
-    params = [p for group in param_groups for p in group["params"]]
-    optimizer = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
-    history = FitHistory()
-    best_loss, best_state, stale = math.inf, None, 0
-    steps_per_epoch = math.ceil(n_pairs / config.batch_size)
-    bar = progress_bar(
-        total=config.epochs * steps_per_epoch, desc=description, enabled=config.progress
+    micro = config.batch_size // config.gradient_accumulation_steps
+    batches = EpochBatches(n_pairs, config.batch_size, seed=config.seed)
+    first = next(iter(trainable.values()), None)
+    on_cpu = first is None or first.device.type == "cpu"
+    tracker = _EpochTracker(module, n_pairs, config, evaluate, trainable)
+
+    def micro_batch(i: int) -> Tensor:  # update u's batch, cut into micro-batches
+        update, part = divmod(i, config.gradient_accumulation_steps)
+        return batches(update)[part * micro : (part + 1) * micro]
+
+    def step(idx: Tensor) -> StepResult:
+        out = batch_loss(idx)
+        tracker.add(out, len(idx))
+        loss = out.loss if out.penalty is None else out.loss + out.penalty
+        return StepResult(loss, {"data_loss": out.loss.detach()})
+
+    def end_of_epoch(update: int, _metrics: dict) -> bool:
+        return update % batches.per_epoch == 0 and tracker.end_epoch()
+
+    loop = TrainingLoop(
+        module,
+        step,
+        config=config.loop_config(config.epochs * batches.per_epoch, cpu=on_cpu),
+        param_groups=param_groups,
+        description=description,
+        callbacks=[end_of_epoch],
+        state=(tracker.state, tracker.load_state),
     )
-    try:
-        for epoch in range(config.epochs):
-            module.train()
-            order = torch.randperm(n_pairs, generator=gen)
-            total_loss, total_penalty, correct = 0.0, 0.0, 0.0
-            has_penalty = False
-            for start in range(0, n_pairs, config.batch_size):
-                idx = order[start : start + config.batch_size]
-                step = batch_loss(idx)
-                objective = step.loss if step.penalty is None else step.loss + step.penalty
-                optimizer.zero_grad(set_to_none=True)
-                objective.backward()
-                if config.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                history.n_steps += 1
-                total_loss += float(step.loss.detach()) * len(idx)
-                if step.penalty is not None:
-                    has_penalty = True
-                    total_penalty += float(step.penalty.detach()) * len(idx)
-                correct += float((step.margins.detach() > 0).sum())
-                bar.update(1)
-            history.train_loss.append(total_loss / n_pairs)
-            if has_penalty:
-                history.train_penalty.append(total_penalty / n_pairs)
-            history.train_accuracy.append(correct / n_pairs)
-            postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
-            if evaluate is not None:
-                module.eval()
-                eval_loss, eval_acc = evaluate()
-                history.eval_loss.append(eval_loss)
-                history.eval_accuracy.append(eval_acc)
-                postfix.update(eval_loss=f"{eval_loss:.4f}", eval_acc=f"{eval_acc:.3f}")
-                if eval_loss < best_loss - 1e-6:
-                    best_loss, stale, history.best_epoch = eval_loss, 0, epoch
-                    if config.patience is not None:
-                        best_state = _trainable_snapshot(trainable)
-                else:
-                    stale += 1
-                    if config.patience is not None and stale >= config.patience:
-                        history.stopped_early = True
-                        break
-            bar.set_postfix(postfix)
-    finally:
-        bar.close()
-    if best_state is not None:
+    result = loop.run(micro_batch)
+    history = tracker.history
+    history.n_steps = result.n_steps
+    if tracker.best_state is not None:
         with torch.no_grad():
-            for name, value in best_state.items():
+            for name, value in tracker.best_state.items():
                 trainable[name].copy_(value)
     module.eval()
     return history
