@@ -323,7 +323,7 @@ def _register(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser, m
 
 
 #: commands defined in their own modules (each has ``add_parser(sub, debug)``), in help order
-COMMAND_MODULES: tuple[str, ...] = ("evaluate",)
+COMMAND_MODULES: tuple[str, ...] = ("evaluate", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
