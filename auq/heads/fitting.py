@@ -296,15 +296,15 @@ def fit_pairs(
         ``n_steps`` counts the optimiser updates.
     """
     trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
-    micro = config.batch_size // config.gradient_accumulation_steps
-    batches = EpochBatches(n_pairs, config.batch_size, seed=config.seed)
+    batches = EpochBatches(
+        n_pairs,
+        config.batch_size,
+        seed=config.seed,
+        accumulation=config.gradient_accumulation_steps,
+    )
     first = next(iter(trainable.values()), None)
     on_cpu = first is None or first.device.type == "cpu"
     tracker = _EpochTracker(module, n_pairs, config, evaluate, trainable)
-
-    def micro_batch(i: int) -> Tensor:  # update u's batch, cut into micro-batches
-        update, part = divmod(i, config.gradient_accumulation_steps)
-        return batches(update)[part * micro : (part + 1) * micro]
 
     def step(idx: Tensor) -> StepResult:
         out = batch_loss(idx)
@@ -324,7 +324,7 @@ def fit_pairs(
         callbacks=[end_of_epoch],
         state=(tracker.state, tracker.load_state),
     )
-    result = loop.run(micro_batch)
+    result = loop.run(batches)
     history = tracker.history
     history.n_steps = result.n_steps
     if tracker.best_state is not None:

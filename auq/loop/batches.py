@@ -20,7 +20,9 @@ class EpochBatches:
 
     Each epoch is a fresh permutation from one generator seeded with ``seed`` (the
     permutation of epoch ``e`` is the ``e``-th draw), cut into batches of
-    ``batch_size``; the last batch of an epoch may be smaller.
+    ``batch_size`` (one per update); the last batch of an epoch may be smaller. With
+    ``accumulation`` > 1 each batch is cut further into that many micro-batches, and
+    ``batches(i)`` is micro-batch ``i`` (what the loop asks for).
 
     Parameters
     ----------
@@ -29,25 +31,42 @@ class EpochBatches:
     seed : int
     shuffle : bool
         False: every epoch in order.
+    accumulation : int
+        Micro-batches per batch (the loop's ``gradient_accumulation_steps``); must
+        divide ``batch_size``.
 
     Examples
     --------
     >>> batches = EpochBatches(10, 4, seed=0)
-    >>> batches.per_epoch, len(batches(2))   # micro-batch 2 is the last of epoch 0
+    >>> batches.per_epoch, len(batches(2))   # batch 2 is the last of epoch 0
     (3, 2)
     """
 
-    def __init__(self, n_items: int, batch_size: int, *, seed: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        n_items: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        accumulation: int = 1,
+    ):
         if n_items < 1:
             raise ValueError(f"no items to train on (n_items={n_items})")
+        if batch_size % accumulation:
+            raise ValueError(
+                f"batch_size={batch_size} must be a multiple of the gradient accumulation "
+                f"steps ({accumulation})"
+            )
         self.n_items, self.batch_size, self.shuffle = n_items, batch_size, shuffle
+        self.accumulation = accumulation
         self.per_epoch = math.ceil(n_items / batch_size)
         self._generator = torch.Generator().manual_seed(seed)
         self._orders: list[Tensor] = []
 
-    def epoch_of(self, index: int) -> int:
-        """The epoch of micro-batch ``index``."""
-        return index // self.per_epoch
+    def epoch_of(self, update: int) -> int:
+        """The epoch of update ``update`` (0-based)."""
+        return update // self.per_epoch
 
     def _order(self, epoch: int) -> Tensor:
         while len(self._orders) <= epoch:
@@ -61,9 +80,12 @@ class EpochBatches:
 
     def __call__(self, index: int) -> Tensor:
         """Item indices of micro-batch ``index``, shape (b,)."""
-        epoch, within = divmod(index, self.per_epoch)
-        start = within * self.batch_size
-        return self._order(epoch)[start : start + self.batch_size]
+        update, part = divmod(index, self.accumulation)
+        epoch, within = divmod(update, self.per_epoch)
+        micro = self.batch_size // self.accumulation
+        start = within * self.batch_size + part * micro
+        end = min(start + micro, (within + 1) * self.batch_size)
+        return self._order(epoch)[start:end]
 
 
 def rank_slice(n: int, rank: int, world_size: int) -> slice:

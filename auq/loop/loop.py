@@ -283,12 +283,12 @@ class TrainingLoop:
                         optimizer.zero_grad(set_to_none=True)
                     for key, value in wrapper.last_metrics.items():
                         sums[key] = sums.get(key, 0.0) + float(value)
-                scheduler.step()
-                step += 1
                 metrics = {k: v / accum for k, v in sums.items()}
                 if grad_norm is not None:
                     metrics["grad_norm"] = grad_norm
-                metrics["lr"] = scheduler.get_last_lr()[0]
+                metrics["lr"] = scheduler.get_last_lr()[0]  # the rate this update used
+                scheduler.step()
+                step += 1
                 metrics["step_seconds"] = time.perf_counter() - tick
                 if step % config.logging_steps == 0 or step == config.max_steps:
                     logged = self._reduce(metrics)
