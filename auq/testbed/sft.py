@@ -3,20 +3,21 @@
 Each example is ``<bos> prompt response <eos>``; the loss is the next-token
 cross-entropy on the response tokens and the closing ``<eos>`` only. Works on plain
 lists of texts; :func:`auq.testbed.policy.reference_policy` feeds it a world's samples.
+Training runs on the package's one training loop (:class:`auq.loop.TrainingLoop`).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from auq.loop import LoopConfig, StepResult, TrainingLoop
 from auq.testbed.policy_config import PolicyConfig
 from auq.testbed.tokenizer import build_tokenizer
-from auq.utils.console import get_logger, progress_bar, warn_user
+from auq.utils.console import get_logger, warn_user
 from auq.utils.seeding import seeded
 from auq.utils.threads import cpu_threads
 
@@ -88,18 +89,6 @@ def _collate(examples, pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def _schedule(config: PolicyConfig):
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        span = max(1, config.steps - config.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (
-            1 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span))
-        )
-
-    return factor
-
-
 def _response_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over the labelled tokens of ``batch``, and their count.
 
@@ -134,6 +123,65 @@ def _batches(
             batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
         for b in torch.randperm(len(batches), generator=generator).tolist():
             yield batches[b]
+
+
+class _Batch(Sequence):
+    """Example indices of one micro-batch; a slice of it (one process's share under data
+    parallelism) remembers the size of the whole micro-batch, which the loss scaling needs."""
+
+    def __init__(self, indices: list[int], size: int | None = None):
+        self.indices = indices
+        self.size = len(indices) if size is None else size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return _Batch(self.indices[key], self.size)
+        return self.indices[key]
+
+
+class _PooledBatches:
+    """:func:`_batches` addressed by position, as the training loop asks for its data.
+
+    Micro-batch ``i`` is the generator's ``i``-th batch, a function of ``i`` and the seed
+    only (the batches are drawn lazily and kept, so a resumed run sees the same ones).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self._source = _batches(lengths, batch_size, torch.Generator().manual_seed(seed))
+        self._drawn: list[list[int]] = []
+
+    def __call__(self, index: int) -> _Batch:
+        while len(self._drawn) <= index:
+            self._drawn.append(next(self._source))
+        return _Batch(self._drawn[index])
+
+
+def _loop_config(config: PolicyConfig, progress: bool | None) -> LoopConfig:
+    """AdamW with β = (0.9, 0.95), warm-up then cosine decay to a tenth of ``lr``, clipping at 1.
+
+    On the CPU, like the rest of the testbed: one seeded thread makes a rebuilt policy
+    bit-identical to the first build (the cache and its tests rely on it).
+    """
+    return LoopConfig(
+        max_steps=config.steps,
+        lr=config.lr,
+        weight_decay=config.weight_decay,  # the parameter groups set it (none on biases)
+        adam_betas=(0.9, 0.95),
+        max_grad_norm=1.0,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type="cosine",
+        min_lr_ratio=0.1,
+        seed=config.seed,
+        report_to="none",
+        cpu=True,
+        progress=progress,
+    )
 
 
 @torch.no_grad()
@@ -216,31 +264,34 @@ def train_policy(
             pad_token_id=pad,
         )
         model = GPT2LMHeadModel(gpt2)
-        model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         groups = [  # no decay on biases and layer norms
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
-        opt = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(config))
-        order = torch.Generator().manual_seed(config.seed)
-        batches = _batches([len(ids) for ids, _ in examples], config.batch_size, order)
         labelled = sum(sum(t != IGNORE for t in lab) for _, lab in examples)
         per_batch = min(config.batch_size, len(examples)) * labelled / len(examples)
-        losses: list[float] = []
-        bar = progress_bar(range(config.steps), enabled=progress, desc="reference policy (SFT)")
-        for _, idx in zip(bar, batches, strict=False):
-            total, count = _response_loss(model, _collate([examples[i] for i in idx], pad))
-            opt.zero_grad(set_to_none=True)
+
+        def step(batch: _Batch) -> StepResult:
+            total, count = _response_loss(model, _collate([examples[i] for i in batch], pad))
             # a fixed divisor: every token weighs the same whatever its batch (batches of short
-            # responses would weigh more per token if each were divided by its own count)
-            (total / per_batch).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(total.item() / max(count, 1))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            # responses would weigh more per token if each were divided by its own count). The
+            # loop weighs a process's loss by its share of the micro-batch, len(batch) /
+            # batch.size; the last factor undoes that (it is 1 in one process).
+            loss = total / per_batch * (batch.size / len(batch))
+            return StepResult(loss, {"token_loss": total.item() / max(count, 1)})
+
+        loop = TrainingLoop(
+            model,
+            step,
+            config=_loop_config(config, progress),
+            param_groups=groups,
+            description="reference policy (SFT)",
+        )
+        result = loop.run(
+            _PooledBatches([len(ids) for ids, _ in examples], config.batch_size, config.seed)
+        )
+    losses = [h["token_loss"] for h in result.history]
     model.eval()
     eval_loss = None
     if eval_prompts is not None and eval_responses is not None and len(eval_prompts):

@@ -132,6 +132,24 @@ def test_model_and_tokenizer_are_generation_ready(built, world):
     assert gen.max_new_tokens == record.max_new_tokens >= longest + 1
 
 
+def test_length_pooled_batches_are_addressed_by_position():
+    """The training loop asks for micro-batch i; it is the generator's i-th batch, in any order."""
+    from auq.testbed.sft import _batches, _PooledBatches
+
+    lengths = torch.randint(3, 40, (100,), generator=torch.Generator().manual_seed(0)).tolist()
+    drawn = _batches(lengths, 8, torch.Generator().manual_seed(5))
+    expected = [next(drawn) for _ in range(40)]  # 13 batches an epoch: three epochs and more
+    batches = _PooledBatches(lengths, 8, seed=5)
+    for i in (30, 3, 39, 0, 30):
+        assert list(batches(i)) == expected[i], i
+    assert list(_PooledBatches(lengths, 8, seed=6)(0)) != expected[0]
+    # one process's share of a micro-batch keeps the micro-batch's size (the loss divisor)
+    whole = batches(1)
+    share = whole[5:]
+    assert (len(whole), whole.size, len(share), share.size) == (8, 8, 3, 8)
+    assert list(share) == expected[1][5:] and share[0] == expected[1][5]
+
+
 def test_training_is_seeded(world):
     """Same seed, same weights; another seed, other weights (plain texts, no cache)."""
     prompts = world.sample_prompts(64, seed=1)
