@@ -82,6 +82,8 @@ def test_two_accumulated_micro_batches_of_4_equal_one_batch_of_8():
         update, part = divmod(i, 2)
         return order(update)[part * 4 : (part + 1) * 4]
 
+    cut = EpochBatches(N_ITEMS, 8, seed=0, accumulation=2)  # the loop's own cutting
+    assert all(torch.equal(cut(i), half(i)) for i in range(20))
     big, small = make_model(), make_model()
     one = train(big, LoopConfig(**common), order)
     two = train(small, LoopConfig(**common, gradient_accumulation_steps=2), half)
@@ -278,7 +280,8 @@ def test_the_first_update_uses_the_warmed_up_learning_rate():
     model = make_model()
     before = params_of(model)
     config = LoopConfig(max_steps=1, lr=1e-2, warmup_steps=4, max_grad_norm=None, **QUIET)
-    train(model, config, EpochBatches(N_ITEMS, 8))
+    result = train(model, config, EpochBatches(N_ITEMS, 8))
+    assert result.history[0]["lr"] == pytest.approx(1e-2 / 4)  # the rate the update used
     moved = (model[0].weight.detach() - before["0.weight"]).abs()
     torch.testing.assert_close(moved, torch.full_like(moved, 1e-2 / 4), rtol=1e-4, atol=1e-7)
 
