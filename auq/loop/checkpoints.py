@@ -162,8 +162,12 @@ def load_training_state(
     scheduler: Any,
     rank: int = 0,
     world_size: int = 1,
+    expect: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore a checkpoint into ``module``, ``optimizer``, ``scheduler`` and the RNGs.
+
+    ``expect`` names trainer-state settings that must match (checked before anything
+    is loaded, so a refused resume leaves the model as it was).
 
     Returns
     -------
@@ -184,6 +188,12 @@ def load_training_state(
     state = read_json(
         directory / "trainer_state.json", what="trainer state", required=("step", "world_size")
     )
+    for key, value in (expect or {}).items():
+        if state.get(key) != value:
+            raise CheckpointError(
+                f"{directory}: written with {key}={state.get(key)!r}, resumed with "
+                f"{key}={value!r}; resume with the same setting"
+            )
     if state["world_size"] != world_size:
         raise CheckpointError(
             f"{directory}: written by {state['world_size']} process(es), resumed with "

@@ -127,6 +127,19 @@ class LoopConfig:
         ):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {betas!r}")
         check_choice("report_to", self.report_to, REPORT_TO)
+        if self.report_to in ("jsonl", "tensorboard") and self.output_dir is None:
+            raise ValueError(
+                f"report_to={self.report_to!r} writes into output_dir; set output_dir "
+                "(or report_to='auto' / 'none')"
+            )
+        if self.report_to == "tensorboard":
+            from auq.loop.tracking import tensorboard_available
+
+            if not tensorboard_available():
+                raise ValueError(
+                    "report_to='tensorboard' needs the tensorboard package (pip install "
+                    "tensorboard); valid without it: 'auto', 'jsonl', 'none'"
+                )
         if self.save_steps is not None and self.output_dir is None:
             raise ValueError("save_steps needs output_dir (where the checkpoints go)")
         if self.resume_from_checkpoint is True and self.output_dir is None:

@@ -38,7 +38,6 @@ from auq.loop.checkpoints import latest_checkpoint, load_training_state, save_tr
 from auq.loop.config import LoopConfig
 from auq.loop.tracking import MetricsWriter
 from auq.utils.console import get_logger, progress_bar
-from auq.utils.io import CheckpointError
 from auq.utils.seeding import seeded
 
 __all__ = ["LoopResult", "StepResult", "TrainingLoop"]
@@ -95,6 +94,10 @@ class _StepModule(nn.Module):
         self.last_metrics: dict[str, Any] = {}
 
     def forward(self, batch: Any) -> Tensor:
+        if not len(batch):  # a micro-batch smaller than the process count: no items here,
+            # but DDP still needs this process's (zero) gradients through its forward
+            self.last_metrics = {}
+            return sum(p.sum() for p in self.module.parameters() if p.requires_grad) * 0.0
         out = self.step(batch)
         if not isinstance(out, StepResult):
             raise TypeError(f"a training step must return a StepResult, got {type(out).__name__}")
@@ -268,14 +271,10 @@ class TrainingLoop:
                     share = batch[rank_slice(n, self.rank, self.world_size)]
                     wrapper.last_metrics = {}
                     with acc.accumulate(model):
-                        if len(share):
-                            loss = model(share)
-                            sums["loss"] += float(loss.detach())
-                            # each process's mean weighs by its share: DDP's average of the
-                            # gradients is then the gradient of the micro-batch's mean
-                            loss = loss * (len(share) * self.world_size / n)
-                        else:  # a micro-batch smaller than the process count
-                            loss = sum(p.sum() for p in params) * 0.0
+                        # each process's mean weighs by its share: DDP's average of the
+                        # gradients (and _reduce's of the losses) is the micro-batch's mean
+                        loss = model(share) * (len(share) * self.world_size / n)
+                        sums["loss"] += float(loss.detach())
                         acc.backward(loss)
                         if acc.sync_gradients and config.max_grad_norm is not None:
                             grad_norm = float(acc.clip_grad_norm_(params, config.max_grad_norm))
@@ -290,14 +289,13 @@ class TrainingLoop:
                 scheduler.step()
                 step += 1
                 metrics["step_seconds"] = time.perf_counter() - tick
-                if step % config.logging_steps == 0 or step == config.max_steps:
-                    logged = self._reduce(metrics)
-                    result.history.append({"step": step, **logged})
-                    if acc.is_main_process:
-                        writer.write(step, logged)
-                    bar.set_postfix(loss=f"{logged['loss']:.4f}", refresh=False)
+                logged_now = step % config.logging_steps == 0 or step == config.max_steps
+                if logged_now:
+                    self._log(step, metrics, result, writer, bar)
                 bar.update(1)
                 stop = any(bool(cb(step, metrics)) for cb in self.callbacks)
+                if stop and not logged_now:  # the last update of a stopped run is logged too
+                    self._log(step, metrics, result, writer, bar)
                 last = stop or step == config.max_steps
                 if config.save_steps and (step % config.save_steps == 0 or last):
                     result.last_checkpoint = self._save(step, optimizer, scheduler)
@@ -313,14 +311,26 @@ class TrainingLoop:
         acc.free_memory()
         return result
 
+    def _log(self, step: int, metrics: dict, result: LoopResult, writer, bar) -> None:
+        logged = self._reduce(metrics)
+        result.history.append({"step": step, **logged})
+        if self.accelerator.is_main_process:
+            writer.write(step, logged)
+        bar.set_postfix(loss=f"{logged['loss']:.4f}", refresh=False)
+
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
-        """The processes' mean of each metric (every process must call this)."""
+        """Each metric's mean over the processes that report it (every process calls this;
+        a process whose share was empty reports fewer metrics)."""
         if self.world_size == 1:
             return metrics
-        keys = sorted(metrics)
-        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
-        values = self.accelerator.reduce(values, reduction="mean")
-        return dict(zip(keys, values.tolist(), strict=True))
+        import torch.distributed as dist
+
+        gathered: list[dict[str, float]] = [{} for _ in range(self.world_size)]
+        dist.all_gather_object(gathered, metrics)
+        keys = sorted({k for part in gathered for k in part})
+        return {
+            k: sum(p[k] for p in gathered if k in p) / sum(k in p for p in gathered) for k in keys
+        }
 
     def _trainer_state(self, step: int) -> dict[str, Any]:
         return {
@@ -372,13 +382,20 @@ class TrainingLoop:
             scheduler=scheduler,
             rank=self.rank,
             world_size=self.world_size,
+            expect={
+                "gradient_accumulation_steps": self.config.gradient_accumulation_steps,
+                "seed": self.config.seed,
+            },
         )
-        for key in ("gradient_accumulation_steps", "seed"):
-            if state.get(key) != getattr(self.config, key):
-                raise CheckpointError(
-                    f"{path}: written with {key}={state.get(key)!r}, resumed with "
-                    f"{key}={getattr(self.config, key)!r}; resume with the same setting"
-                )
+        if state.get("max_steps") != self.config.max_steps:
+            logger.warning(
+                "%s: %s was written by a run of max_steps=%s, resumed with max_steps=%s; "
+                "a decaying learning rate follows the new length from here on",
+                self.description,
+                path,
+                state.get("max_steps"),
+                self.config.max_steps,
+            )
         if self.state is not None:
             self.state[1](caller)
         result.resumed_from = path

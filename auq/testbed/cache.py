@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 #: bump when training or the folder layout changes: old caches are then never reused
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 RECORD_FILE = "policy.json"
 _REQUIRED_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 

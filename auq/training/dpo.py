@@ -40,6 +40,7 @@ from torch import Tensor
 from auq.loop import EpochBatches, LoopResult, StepResult, TrainingLoop
 from auq.training.dpo_config import DPOConfig
 from auq.training.dpo_step import (
+    disable_dropout,
     dpo_metrics,
     dpo_step,
     logps_reduction,
@@ -145,6 +146,10 @@ class DPOTrainer:
                 f"reward_model must be an auq.RewardModel, got {type(reward_model).__name__}"
             )
         self.model, self.tokenizer = load_policy(model, tokenizer)
+        if args.disable_dropout:
+            disable_dropout(self.model)
+            if ref_model is not None:
+                disable_dropout(ref_model)
         self.pad_token_id = pad_token_id(self.tokenizer)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.pairs = tokenize_pairs(

@@ -83,6 +83,7 @@ class _TrainerConfig:
     report_to: str = "auto"
     cpu: bool = False
     progress: bool | None = None
+    disable_dropout: bool = True
 
     def __post_init__(self) -> None:
         _number("beta", self.beta, 0, strict=True)
@@ -169,6 +170,9 @@ class DPOConfig(_TrainerConfig):
     seed, output_dir, save_steps, save_total_limit, resume_from_checkpoint,
     logging_steps, report_to, cpu, progress
         See :class:`~auq.loop.LoopConfig`.
+    disable_dropout : bool
+        Switch off the policy's (and reference's) dropout, as TRL does: the
+        log-probabilities of a pair are then the same in every pass.
     """
 
     uncertainty: str = "none"

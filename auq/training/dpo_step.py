@@ -23,6 +23,7 @@ from auq.training.losses import implicit_rewards, preference_loss
 from auq.utils.console import progress_bar
 
 __all__ = [
+    "disable_dropout",
     "dpo_metrics",
     "dpo_step",
     "logps_reduction",
@@ -31,6 +32,14 @@ __all__ = [
     "reference_context",
     "sequence_logps_batched",
 ]
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability to 0 (TRL's default for DPO): a response's
+    log-probability is then the same in training and evaluation passes."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
 
 
 def logps_reduction(loss_type: str) -> str:

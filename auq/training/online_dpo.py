@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from auq.loop import EpochBatches, LoopResult, StepResult, TrainingLoop
 from auq.objectives import penalized_reward
 from auq.training.dpo_config import OnlineDPOConfig
 from auq.training.dpo_step import (
+    disable_dropout,
     dpo_metrics,
     logps_reduction,
     model_device,
@@ -54,7 +55,7 @@ from auq.training.policy_data import tokenize_responses
 from auq.training.policy_model import frozen_copy, load_policy, save_policy, wrap_peft
 from auq.utils.validation import check_positive_int
 
-__all__ = ["OnlineDPOResult", "OnlineDPOTrainer", "disable_dropout"]
+__all__ = ["OnlineDPOResult", "OnlineDPOTrainer"]
 
 
 @dataclass
@@ -79,14 +80,6 @@ class OnlineDPOResult:
     n_skipped_ties: int = 0
     n_truncated: int = 0
     loop: LoopResult | None = field(default=None, repr=False)
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Set every dropout probability to 0 (TRL's default for DPO): the log-probabilities
-    of a response are then the same in training and evaluation."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
 
 
 def _prompts_of(prompts: Any) -> list:
@@ -167,12 +160,13 @@ class OnlineDPOTrainer:
         self.prompts = _prompts_of(prompts)
         self.model, self.tokenizer = load_policy(model, tokenizer)
         self.pad_token_id = pad_token_id(self.tokenizer)
-        disable_dropout(self.model)
+        if args.disable_dropout:
+            disable_dropout(self.model)
+            if ref_model is not None:
+                disable_dropout(ref_model)
         self.peft = peft_config is not None
         if ref_model is None and not self.peft:
             ref_model = frozen_copy(self.model)
-        elif ref_model is not None:
-            disable_dropout(ref_model)
         self.model = wrap_peft(self.model, peft_config)
         self.reward_model, self.ref_model = reward_model, ref_model
         self.spread_calibrator, self.gold_reward = spread_calibrator, gold_reward

@@ -165,17 +165,9 @@ def test_resume_equals_an_uninterrupted_run_exactly_and_needs_the_rng(tmp_path):
     "sizes",
     [
         "8,7,8,8,7,7,8,7",
-        pytest.param(
-            "8,1,8,8,7,1,8,7",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="auq.loop bug: a micro-batch smaller than the process count leaves one "
-                "process without a share; its zero loss skips the DDP forward and gloo aborts",
-            ),
-            id="a-micro-batch-of-1",
-        ),
+        "8,1,8,8,7,1,8,7",  # a micro-batch of 1: one process has no share of it
     ],
-    ids=lambda s: "micro-batches-of-8-and-7" if isinstance(s, str) else None,
+    ids=["micro-batches-of-8-and-7", "a-micro-batch-of-1"],
 )
 def test_two_processes_under_torchrun_equal_one_process(tmp_path, sizes):
     """Each process takes its contiguous share of every micro-batch; DDP averages."""
@@ -241,7 +233,7 @@ def test_a_callback_returning_true_stops_the_run_and_metrics_are_logged(tmp_path
         make_model(), config, EpochBatches(N_ITEMS, 8), callbacks=[lambda *_: None, stop_at_5]
     )
     assert result.stopped_early and result.n_steps == 5 and seen == [1, 2, 3, 4, 5]
-    assert [h["step"] for h in result.history] == [2, 4]
+    assert [h["step"] for h in result.history] == [2, 4, 5]  # the stopping update too
     assert all(h["items"] == 8 and np.isfinite(h["loss"]) for h in result.history)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     logged = [json.loads(line) for line in lines]
@@ -317,9 +309,10 @@ def test_fp16_on_the_cpu_is_refused():
     importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed"
 )
 def test_tensorboard_without_the_package_is_refused(tmp_path):
-    config = LoopConfig(max_steps=1, report_to="tensorboard", output_dir=str(tmp_path), **QUIET)
     with pytest.raises(ValueError, match=r"report_to='tensorboard' needs the tensorboard package"):
-        train(make_model(), config, EpochBatches(N_ITEMS, 8))
+        LoopConfig(max_steps=1, report_to="tensorboard", output_dir=str(tmp_path), **QUIET)
+    with pytest.raises(ValueError, match=r"report_to='jsonl' writes into output_dir"):
+        LoopConfig(max_steps=1, report_to="jsonl", **QUIET)
 
 
 # -- bad options ---------------------------------------------------------------------------
