@@ -2,7 +2,8 @@
 
 Each server is the real command (``python -m auq.cli serve MODEL_DIR --port 0``) in its
 own process; the load comes from this process, ``--clients`` closed-loop clients
-(asyncio + httpx) that each send one request, wait for its answer, and send the next.
+(asyncio streams speaking keep-alive HTTP/1.1, request bodies encoded beforehand, answers
+checked afterwards) that each send one request, wait for its answer, and send the next.
 A request carries ``--rows-per-request`` (prompt, response) rows (default 1: verl's
 per-response ``compute_score``). For each model the run measures four cases:
 
@@ -164,62 +165,106 @@ class Case:
     max_abs_diff: float
 
 
-async def _load(url, rows, ref, *, clients, n_requests, rows_per_request, seconds, atol):
-    import httpx
+class _Connection:
+    """One keep-alive HTTP/1.1 connection on asyncio streams: a cheap load generator.
 
+    (A general client such as httpx spends milliseconds of CPU per request in Python,
+    which on a small machine makes the load generator, not the server, the bottleneck.)
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        try:
+            self.writer.write(head.encode() + body)
+            status = int((await self.reader.readline()).split()[1])
+            length = 0
+            while (line := await self.reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            return status, await self.reader.readexactly(length)
+        except (OSError, IndexError, ValueError, asyncio.IncompleteReadError):
+            self.close()  # reconnect on the next request
+            return 0, b""
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def _health(url: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/health", timeout=600) as answer:
+        return json.loads(answer.read())["totals"]
+
+
+async def _load(url, bodies, *, clients, seconds):
+    """Send ``bodies`` from ``clients`` closed-loop clients; (latencies, answers, wall)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    answers: list = [None] * len(bodies)
     latencies: list[float] = []
+    sent = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    async def client():
+        nonlocal sent
+        conn = _Connection(host, int(port))
+        while sent < len(bodies) and time.perf_counter() < deadline:
+            i = sent
+            sent += 1
+            t0 = time.perf_counter()
+            answers[i] = await conn.post("/score", bodies[i])
+            latencies.append(time.perf_counter() - t0)
+        conn.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies, answers[:sent], time.perf_counter() - start
+
+
+def _check(answers, indices, ref, atol):
+    """(lost, bad rows, largest difference) of the answers against the offline scores."""
     lost = bad = 0
     worst = 0.0
-    sent = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=600) as http:
-        health0 = (await http.get("/health")).json()["totals"]
-        start = time.perf_counter()
-        deadline = start + seconds
-
-        async def client():
-            nonlocal sent, lost, bad, worst
-            while sent < n_requests and time.perf_counter() < deadline:
-                i = sent
-                sent += 1
-                idx = [(i * rows_per_request + j) % len(rows) for j in range(rows_per_request)]
-                prompts, responses = [rows[x][0] for x in idx], [rows[x][1] for x in idx]
-                body = {"prompts": prompts, "responses": responses}
-                t0 = time.perf_counter()
-                try:
-                    answer = await http.post("/score", json=body)
-                    data = answer.json() if answer.status_code == 200 else None
-                except httpx.HTTPError:
-                    data = None
-                latencies.append(time.perf_counter() - t0)
-                if data is None or any(len(data.get(k, ())) != len(idx) for k in ref):
-                    lost += 1
-                    continue
-                for k, want in ref.items():
-                    for x, got in zip(idx, data[k], strict=True):
-                        diff = abs(got - want[x]) if got is not None else float("inf")
-                        worst = max(worst, diff)
-                        bad += diff > atol
-
-        await asyncio.gather(*(client() for _ in range(clients)))
-        wall = time.perf_counter() - start
-        health1 = (await http.get("/health")).json()["totals"]
-    return latencies, lost, bad, worst, wall, health0, health1
+    for (status, raw), idx in zip(answers, indices, strict=False):
+        data = json.loads(raw) if status == 200 else None
+        if data is None or any(len(data.get(k, ())) != len(idx) for k in ref):
+            lost += 1
+            continue
+        for k, want in ref.items():
+            for x, got in zip(idx, data[k], strict=True):
+                diff = abs(got - want[x]) if got is not None else float("inf")
+                worst = max(worst, diff)
+                bad += diff > atol
+    return lost, bad, worst
 
 
 def run_case(server, model, batching, rows, ref, args, clients, n_requests) -> Case:
-    lat, lost, bad, worst, wall, h0, h1 = asyncio.run(
-        _load(
-            server.url,
-            rows,
-            ref,
-            clients=clients,
-            n_requests=n_requests,
-            rows_per_request=args.rows_per_request,
-            seconds=args.seconds,
-            atol=args.atol,
-        )
+    r = args.rows_per_request
+    indices = [[(i * r + j) % len(rows) for j in range(r)] for i in range(n_requests)]
+    bodies = [  # encoded before the clock starts
+        json.dumps(
+            {"prompts": [rows[x][0] for x in idx], "responses": [rows[x][1] for x in idx]}
+        ).encode()
+        for idx in indices
+    ]
+    h0 = _health(server.url)
+    lat, answers, wall = asyncio.run(
+        _load(server.url, bodies, clients=clients, seconds=args.seconds)
     )
+    h1 = _health(server.url)
+    lost, bad, worst = _check(answers, indices, ref, args.atol)
     done = len(lat)
     ms = sorted(x * 1000 for x in lat)
 
@@ -249,12 +294,11 @@ def run_case(server, model, batching, rows, ref, args, clients, n_requests) -> C
 
 
 def warm_up(server, rows) -> None:
-    import httpx
+    from auq.serve import RewardClient
 
-    with httpx.Client(base_url=server.url, timeout=600) as http:
-        for i in range(4):
-            body = {"prompts": [rows[i][0]], "responses": [rows[i][1]]}
-            http.post("/score", json=body).raise_for_status()
+    client = RewardClient(server.url, retries=0)
+    for prompt, response in rows[:4]:
+        client.score([prompt], [response])
 
 
 # -- report -------------------------------------------------------------------------------
@@ -331,6 +375,7 @@ def main() -> int:
     single = args.requests_single or (12 if quick else 256)
     torch.set_num_threads(args.threads)
     started = datetime.datetime.now(datetime.timezone.utc)
+    load_start = os.getloadavg()[0]
     version = _version()
     cases: list[Case] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -361,8 +406,9 @@ def main() -> int:
         f"bench_serve: auq serve under load on loopback, dynamic batching vs one request at a "
         f"time ({kind.upper()})",
         "",
-        f"machine : {where}, shared with other work; server: {args.threads} torch thread(s); "
-        "load generator in a second process (asyncio + httpx)",
+        f"machine : {where}, shared with other work (1-min load average {load_start:.1f} at the "
+        f"start, {os.getloadavg()[0]:.1f} at the end); server: {args.threads} torch thread(s); "
+        "load generator in a second process (asyncio streams, keep-alive HTTP/1.1)",
         f"date    : {started:%Y-%m-%d %H:%M} UTC, {seconds / 60:.1f} min wall in all",
         f"command : python {' '.join(sys.argv)}",
         f"code    : {version} (at the start of the run)",
@@ -401,6 +447,7 @@ def main() -> int:
             "machine": where,
             "device": args.device,
             "threads": args.threads,
+            "load_average_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
             "date": started.isoformat(timespec="seconds"),
             "seconds": round(seconds, 1),
             "command": " ".join(sys.argv),
