@@ -575,10 +575,18 @@ def add_parser(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser) 
         action="store_true",
         help="ignore the calibrator stored with the model (calibrator.json)",
     )
-    cmd.add_argument("--n-bins", type=_positive_int, default=15, help="ECE bins (default 15)")
-    cmd.add_argument("--batch-size", type=_positive_int, default=None, help="texts per batch")
     cmd.add_argument(
-        "--max-tokens", type=_positive_int, default=None, help="padded tokens per micro-batch"
+        "--n-bins", type=_positive_int, default=15, metavar="N", help="ECE bins (default 15)"
+    )
+    cmd.add_argument(
+        "--batch-size", type=_positive_int, default=None, metavar="N", help="texts per batch"
+    )
+    cmd.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="padded tokens per micro-batch",
     )
     cmd.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: GPU if any)")
     cmd.add_argument("--no-progress", action="store_true", help="hide the progress bars")
