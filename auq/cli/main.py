@@ -323,7 +323,14 @@ def _register(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser, m
 
 
 #: commands defined in their own modules (each has ``add_parser(sub, debug)``), in help order
-COMMAND_MODULES: tuple[str, ...] = ("evaluate", "serve")
+COMMAND_MODULES: tuple[str, ...] = (
+    "evaluate",
+    "serve",
+    "train_rm",
+    "dpo",
+    "online_dpo",
+    "best_of_n",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
