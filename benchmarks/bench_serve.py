@@ -12,10 +12,13 @@ per-response ``compute_score``). For each model the run measures four cases:
 * batching off (``--max-batch-requests 1``: each request is its own engine call), 1 client;
 * batching off, ``--clients`` clients.
 
-Every case is bounded in count (``--requests`` / ``--requests-single``) and time
-(``--seconds``: no request is sent after it; those in flight finish). Columns: rows/s
-and requests/s over the case's wall time, latency percentiles (send to full answer),
-the server's batches and mean requests per batch (from ``/health``), and the checks:
+Both servers of a model run at once and a case's runs alternate between them
+(``--repeats``, default 2: batched, off, batched, off), so a load that drifts on a
+shared machine hits both alike. Every run is bounded in count (``--requests`` /
+``--requests-single``) and time (``--seconds``: no request is sent after it; those in
+flight finish). Columns: rows/s and requests/s (mean over runs), latency percentiles
+(send to full answer, over every request of the case), the server's batches and mean
+requests per batch (from ``/health``), and the checks:
 ``lost`` = requests without a 200 answer of the right length, ``bad`` = rows whose
 mean, std or reward differs from offline scoring of the same texts (``rm.score`` of
 every text in one call, in this process) by more than ``--atol``, and the largest
@@ -27,7 +30,7 @@ K = 8 heads marked fitted without training (random heads cost the same), max_len
 256, objective lcb (k = 1). Texts: the built-in preference data's prompts and responses,
 each row made distinct. The server runs ``--threads`` torch threads (default 1).
 
-    python benchmarks/bench_serve.py                 # tiny + MiniLM, 64 vs 1 client (~10 min)
+    python benchmarks/bench_serve.py                 # tiny + MiniLM, 64 vs 1 client (~8 min)
     python benchmarks/bench_serve.py --quick         # CI smoke run (tiny, 8 clients, few requests)
     python benchmarks/bench_serve.py --models minilm --clients 128 --device cuda
 """
@@ -42,6 +45,7 @@ import os
 import platform
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +63,8 @@ from auq.utils.defaults import default_backbone_path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("tiny", "minilm")
+#: requests of a 1-client run and of a many-client run (each run also capped by --seconds)
+DEFAULT_SIZES = {"tiny": (256, 4096), "minilm": (128, 1024)}
 OBJECTIVE = ("lcb", {"k": 1.0})
 
 
@@ -120,9 +126,10 @@ def reference(model_dir: Path, rows, device: str) -> dict[str, list[float]]:
 class Server:
     """``auq serve`` in a subprocess; the URL is read from its ready line."""
 
-    def __init__(self, model_dir: Path, options: list[str], threads: int, device: str):
+    def __init__(self, model_dir: Path, options: list[str], args: argparse.Namespace):
+        threads = args.threads
         cmd = [sys.executable, "-m", "auq.cli", "serve", str(model_dir), "--port", "0"]
-        cmd += ["--threads", str(threads), "--device", device, "--objective", OBJECTIVE[0]]
+        cmd += ["--threads", str(threads), "--device", args.device, "--objective", OBJECTIVE[0]]
         cmd += ["--k", str(OBJECTIVE[1]["k"]), *options]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
         env.pop("AUQ_API_KEY", None)
@@ -250,7 +257,8 @@ def _check(answers, indices, ref, atol):
     return lost, bad, worst
 
 
-def run_case(server, model, batching, rows, ref, args, clients, n_requests) -> Case:
+def measure(server, rows, ref, args, clients, n_requests) -> dict:
+    """One timed run of ``n_requests`` from ``clients`` clients; raw figures."""
     r = args.rows_per_request
     indices = [[(i * r + j) % len(rows) for j in range(r)] for i in range(n_requests)]
     bodies = [  # encoded before the clock starts
@@ -265,31 +273,44 @@ def run_case(server, model, batching, rows, ref, args, clients, n_requests) -> C
     )
     h1 = _health(server.url)
     lost, bad, worst = _check(answers, indices, ref, args.atol)
-    done = len(lat)
-    ms = sorted(x * 1000 for x in lat)
+    return {
+        "latencies": lat,
+        "wall": wall,
+        "batches": h1["batches"] - h0["batches"],
+        "served": h1["requests"] - h0["requests"],
+        "lost": lost,
+        "bad": bad,
+        "worst": worst,
+    }
+
+
+def summarise(model, batching, clients, runs: list[dict], rows_per_request: int) -> Case:
+    """One table row from the repeats: mean throughput, pooled latencies, summed checks."""
+    ms = sorted(x * 1000 for run in runs for x in run["latencies"])
 
     def pct(q: float) -> float:
         return ms[min(len(ms) - 1, round(q / 100 * (len(ms) - 1)))]
 
-    batches = h1["batches"] - h0["batches"]
-    served = h1["requests"] - h0["requests"]
+    done = len(ms)
+    rates = [len(run["latencies"]) / run["wall"] for run in runs]
+    batches = sum(run["batches"] for run in runs)
     return Case(
         model=model,
         batching=batching,
         clients=clients,
         requests=done,
-        rows=done * args.rows_per_request,
-        seconds=round(wall, 3),
-        rows_per_s=round(done * args.rows_per_request / wall, 1),
-        requests_per_s=round(done / wall, 1),
+        rows=done * rows_per_request,
+        seconds=round(sum(run["wall"] for run in runs), 3),
+        rows_per_s=round(statistics.mean(rates) * rows_per_request, 1),
+        requests_per_s=round(statistics.mean(rates), 1),
         p50_ms=round(pct(50), 2),
         p90_ms=round(pct(90), 2),
         p99_ms=round(pct(99), 2),
         batches=batches,
-        mean_batch_requests=round(served / batches, 2) if batches else 0.0,
-        lost=lost,
-        bad_rows=bad,
-        max_abs_diff=worst,
+        mean_batch_requests=round(sum(r["served"] for r in runs) / batches, 2) if batches else 0.0,
+        lost=sum(run["lost"] for run in runs),
+        bad_rows=sum(run["bad"] for run in runs),
+        max_abs_diff=max(run["worst"] for run in runs),
     )
 
 
@@ -356,10 +377,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny, 8 clients")
     parser.add_argument("--models", default=None, help=f"comma list of {', '.join(MODELS)}")
     parser.add_argument("--clients", type=int, default=None, help="concurrent clients (64)")
-    parser.add_argument("--requests", type=int, default=None, help="requests per many-client case")
-    parser.add_argument("--requests-single", type=int, default=None, help="... per 1-client case")
+    parser.add_argument("--requests", type=int, default=None, help="requests per many-client run")
+    parser.add_argument("--requests-single", type=int, default=None, help="... per 1-client run")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per case, alternated (2)")
     parser.add_argument("--rows-per-request", type=int, default=1)
-    parser.add_argument("--seconds", type=float, default=None, help="time cap per case (60)")
+    parser.add_argument("--seconds", type=float, default=None, help="time cap per run (40)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--threads", type=int, default=1, help="server torch threads")
@@ -370,9 +392,15 @@ def main() -> int:
     quick = args.quick
     models = (args.models or ("tiny" if quick else ",".join(MODELS))).split(",")
     clients = args.clients or (8 if quick else 64)
-    args.seconds = args.seconds or (20.0 if quick else 60.0)
-    many = args.requests or (48 if quick else 4096)
-    single = args.requests_single or (12 if quick else 256)
+    args.seconds = args.seconds or (20.0 if quick else 40.0)
+    args.repeats = args.repeats or (1 if quick else 2)
+    sizes = {  # (requests of a 1-client run, of a many-client run)
+        model: (
+            args.requests_single or (12 if quick else DEFAULT_SIZES[model][0]),
+            args.requests or (48 if quick else DEFAULT_SIZES[model][1]),
+        )
+        for model in models
+    }
     torch.set_num_threads(args.threads)
     started = datetime.datetime.now(datetime.timezone.utc)
     load_start = os.getloadavg()[0]
@@ -383,19 +411,25 @@ def main() -> int:
         for model in models:
             model_dir = build_model(model, Path(tmp), args.device)
             ref = reference(model_dir, rows, args.device)
-            for batching, options in (
-                ("on", ["--max-wait-ms", str(args.max_wait_ms)]),
-                ("off", ["--max-batch-requests", "1"]),
-            ):
-                options += ["--max-batch-tokens", str(args.max_batch_tokens)]
-                server = Server(model_dir, options, args.threads, args.device)
-                try:
+            options = ["--max-batch-tokens", str(args.max_batch_tokens)]
+            servers = {  # both up at once, so their runs can alternate
+                "on": Server(model_dir, [*options, "--max-wait-ms", str(args.max_wait_ms)], args),
+                "off": Server(model_dir, [*options, "--max-batch-requests", "1"], args),
+            }
+            try:
+                for server in servers.values():
                     warm_up(server, rows)
-                    for n_clients, n in ((1, single), (clients, many)):
-                        case = run_case(server, model, batching, rows, ref, args, n_clients, n)
+                for n_clients, n in ((1, sizes[model][0]), (clients, sizes[model][1])):
+                    runs: dict[str, list] = {"on": [], "off": []}
+                    for _ in range(args.repeats):  # on, off, on, off: drifting load hits both
+                        for name, server in servers.items():
+                            runs[name].append(measure(server, rows, ref, args, n_clients, n))
+                    for name in servers:
+                        case = summarise(model, name, n_clients, runs[name], args.rows_per_request)
                         cases.append(case)
                         print(table([case])[-1], flush=True)
-                finally:
+            finally:
+                for server in servers.values():
                     server.stop()
     seconds = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
     import transformers
@@ -415,10 +449,12 @@ def main() -> int:
         f"stack   : Python {platform.python_version()}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}",
         f"workload: {args.rows_per_request} row(s) per request (prompt + response, 8-300 tokens), "
-        f"closed-loop clients; 1-client cases {single} requests, {clients}-client cases {many} "
-        f"requests, each capped at {args.seconds:g} s; batched: --max-wait-ms "
-        f"{args.max_wait_ms:g}, --max-batch-tokens {args.max_batch_tokens}; off: "
-        "--max-batch-requests 1",
+        f"closed-loop clients; requests per run (1 client, {clients} clients): "
+        + ", ".join(f"{m} {a}, {b}" for m, (a, b) in sizes.items())
+        + f"; each run capped at {args.seconds:g} s; {args.repeats} run(s) per case, batched "
+        "and off alternated (both servers up at once); rows/s = mean over runs, latency "
+        f"percentiles over all requests; batched: --max-wait-ms {args.max_wait_ms:g}, "
+        f"--max-batch-tokens {args.max_batch_tokens}; off: --max-batch-requests 1",
         f"models  : {', '.join(models)}; heads K=8 (random, marked fitted), max_length 256, "
         f"objective {OBJECTIVE[0]}(k={OBJECTIVE[1]['k']})",
         f"checks  : every answer against offline rm.score of the same texts (atol {args.atol:g} on "
@@ -456,6 +492,8 @@ def main() -> int:
             "transformers": transformers.__version__,
             "quick": quick,
             "clients": clients,
+            "repeats": args.repeats,
+            "requests_per_run": {m: list(v) for m, v in sizes.items()},
             "rows_per_request": args.rows_per_request,
             "max_wait_ms": args.max_wait_ms,
             "max_batch_tokens": args.max_batch_tokens,
