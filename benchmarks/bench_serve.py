@@ -136,12 +136,15 @@ class Server:
         self.proc = subprocess.Popen(
             cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT
         )
-        line = self.proc.stderr.readline()
-        match = re.search(r" on (http://\S+);", line)
-        if match is None:
-            self.proc.kill()
-            raise RuntimeError(f"auq serve did not start: {line}{self.proc.stderr.read()}")
-        self.url = match[1]
+        seen = ""
+        for line in self.proc.stderr:  # the ready line names the address
+            seen += line
+            match = re.search(r" on (http://\S+);", line)
+            if match is not None:
+                self.url = match[1]
+                return
+        self.proc.kill()
+        raise RuntimeError(f"auq serve did not start:\n{seen}")
 
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGTERM)

@@ -123,12 +123,14 @@ def _start(model_dir, *argv, env=None):
         env=env or ENV,
         cwd=REPO,
     )
-    line = proc.stderr.readline()  # the ready line names the address
-    match = re.search(r"on (http://127\.0\.0\.1:\d+);", line)
-    if match is None:
-        proc.kill()
-        raise AssertionError(line + proc.stderr.read())
-    return proc, match[1], line
+    seen = ""
+    for line in proc.stderr:  # the ready line names the address (warnings may come first)
+        seen += line
+        match = re.search(r"on (http://127\.0\.0\.1:\d+);", line)
+        if match is not None:
+            return proc, match[1], line
+    proc.kill()
+    raise AssertionError(f"auq serve did not start:\n{seen}")
 
 
 def test_graceful_shutdown_answers_the_request_in_flight(serve_model_dir, serve_rm, rows):
