@@ -44,6 +44,7 @@ from auq.training.dpo_step import (
     dpo_metrics,
     dpo_step,
     logps_reduction,
+    model_fingerprint,
     pad_token_id,
     reference_context,
     sequence_logps_batched,
@@ -180,18 +181,20 @@ class DPOTrainer:
         kept in ``output_dir`` (reused when the tokens and settings match)."""
         args = self.args
         reduction = logps_reduction(args.loss_type)
+        reference = self.ref_model
+        if reference is None and not self.peft:
+            reference = self.model  # before training: the policy is its own reference
         digest = hashlib.sha256(
             json.dumps([pairs.prompt_ids, pairs.chosen_ids, pairs.rejected_ids, reduction]).encode()
-        ).hexdigest()
+        )
+        digest.update(model_fingerprint(reference if reference is not None else self.model))
+        digest = digest.hexdigest()
         cache = None if args.output_dir is None else Path(args.output_dir) / f"reference_{name}"
         if cache is not None and (cache / "meta.json").is_file():
             meta = read_json(cache / "meta.json", what="reference log-probabilities")
             if meta.get("digest") == digest:
                 tensors = load_safetensors(cache / "logps.safetensors")
                 return tensors["chosen"], tensors["rejected"]
-        reference = self.ref_model
-        if reference is None and not self.peft:
-            reference = self.model  # before training: the policy is its own reference
         with reference_context(self.model, reference) as ref:
             logps = sequence_logps_batched(
                 ref,

@@ -28,6 +28,7 @@ __all__ = [
     "dpo_step",
     "logps_reduction",
     "model_device",
+    "model_fingerprint",
     "pad_token_id",
     "reference_context",
     "sequence_logps_batched",
@@ -58,6 +59,18 @@ def pad_token_id(tokenizer: Any) -> int:
             "set tokenizer.pad_token before training"
         )
     return int(pad)
+
+
+def model_fingerprint(model: nn.Module) -> bytes:
+    """A digest of a model's identity for caches: its name or path, its parameter names and
+    shapes, and the first values of every parameter (cheap even for large models)."""
+    import hashlib
+
+    digest = hashlib.sha256(str(getattr(model, "name_or_path", "")).encode())
+    for name, param in model.named_parameters():
+        digest.update(f"{name}{tuple(param.shape)}".encode())
+        digest.update(param.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return digest.digest()
 
 
 def model_device(model: nn.Module) -> torch.device:

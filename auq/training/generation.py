@@ -163,6 +163,12 @@ class HFGenerator:
     ----------
     last_stats : GenerationStats or None
         Counts of the last :meth:`generate` call.
+    last_prompt_ids : list of P lists of int, or None
+        The prompts' token ids in the last call.
+    last_response_ids : list of P lists of n lists of int, or None
+        The sampled token ids of the last call, up to and including each response's
+        EOS: what a trainer scores under the policy without a decode → encode round
+        trip (which need not give back the sampled tokens).
     """
 
     def __init__(
@@ -205,6 +211,8 @@ class HFGenerator:
         self.eos_ids = self._eos_ids()
         self.pad_id = self._pad_id()
         self.last_stats: GenerationStats | None = None
+        self.last_prompt_ids: list[list[int]] | None = None
+        self.last_response_ids: list[list[list[int]]] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -298,6 +306,7 @@ class HFGenerator:
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # longest first
         device = next(self.model.parameters()).device
         texts: list[list[str]] = [[] for _ in prompts]
+        ids: list[list[list[int]]] = [[] for _ in prompts]
         truncated = np.zeros((len(prompts), n), dtype=bool)
         n_new = 0
         batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
@@ -307,14 +316,18 @@ class HFGenerator:
             threads = self.num_threads if device.type == "cpu" else None
             with seeded(seed, device), cpu_threads(threads), torch.inference_mode():
                 for batch in progress_bar(batches, enabled=self.progress, desc="generating"):
-                    rows, cut, tokens = self._sample([encoded[i] for i in batch], n, device)
+                    rows, sampled, cut, tokens = self._sample(
+                        [encoded[i] for i in batch], n, device
+                    )
                     for b, i in enumerate(batch):
                         texts[i] = rows[b * n : (b + 1) * n]
+                        ids[i] = sampled[b * n : (b + 1) * n]
                         truncated[i] = cut[b * n : (b + 1) * n]
                     n_new += tokens
         finally:
             self.model.train(was_training)
         self.last_stats = GenerationStats(len(prompts), n, truncated, n_new)
+        self.last_prompt_ids, self.last_response_ids = encoded, ids
         logger.info(
             "generated %d x %d responses; %d reached max_new_tokens=%d without EOS",
             len(prompts),
@@ -326,8 +339,9 @@ class HFGenerator:
 
     def _sample(
         self, batch: list[list[int]], n: int, device: torch.device
-    ) -> tuple[list[str], np.ndarray, int]:
-        """Texts (B·n,), truncation flags (B·n,) and new-token count of one batch."""
+    ) -> tuple[list[str], list[list[int]], np.ndarray, int]:
+        """Texts (B·n,), token ids with EOS (B·n,), truncation flags (B·n,) and the
+        new-token count of one batch."""
         width = max(len(ids) for ids in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -355,5 +369,6 @@ class HFGenerator:
             [row[:stop].tolist() for row, stop in zip(new, first.tolist(), strict=True)],
             skip_special_tokens=True,
         )
-        n_tokens = int((first + ended.long()).sum())
-        return texts, (~ended).numpy(), n_tokens
+        stops = (first + ended.long()).tolist()  # through the EOS when there is one
+        sampled = [row[:stop].tolist() for row, stop in zip(new, stops, strict=True)]
+        return texts, sampled, (~ended).numpy(), sum(stops)

@@ -183,7 +183,6 @@ class OnlineDPOTrainer:
     # -- one round: sample, score, pair --------------------------------------------------
     def _sample_and_score(self, prompts: list, seed: int, n: int) -> dict[str, Any]:
         """Sample ``n`` responses per prompt, score them, tokenise them."""
-        args = self.args
         tick = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
@@ -200,14 +199,7 @@ class OnlineDPOTrainer:
         generated = time.perf_counter()
         prediction = self.reward_model.score(flat_prompts, flat, progress=False)
         scored = time.perf_counter()
-        prompt_ids, response_ids = tokenize_responses(
-            self.tokenizer,
-            flat_prompts,
-            flat,
-            append_eos=(~truncated.ravel()).tolist(),
-            max_length=args.max_length,
-            max_prompt_length=args.max_prompt_length,
-        )
+        prompt_ids, response_ids = self._token_ids(flat_prompts, flat, truncated, n)
         return {
             "prompts": flat_prompts,
             "responses": flat,
@@ -218,6 +210,23 @@ class OnlineDPOTrainer:
             "time/generate": generated - tick,
             "time/score": scored - generated,
         }
+
+    def _token_ids(self, prompts: list, responses: list[str], truncated, n: int):
+        """The policy's token ids of the samples: the generator's own when it exposes them
+        (the sampled tokens exactly), else the texts re-tokenised."""
+        gen = self.generator
+        sampled = getattr(gen, "last_response_ids", None)
+        if sampled is not None and getattr(gen, "tokenizer", None) is self.tokenizer:
+            prompt_ids = [ids for ids in gen.last_prompt_ids for _ in range(n)]
+            return prompt_ids, [ids for group in sampled for ids in group]
+        return tokenize_responses(
+            self.tokenizer,
+            prompts,
+            responses,
+            append_eos=(~truncated.ravel()).tolist(),
+            max_length=self.args.max_length,
+            max_prompt_length=self.args.max_prompt_length,
+        )
 
     def _penalized(self, prediction) -> Tensor:
         a = self.args
@@ -341,6 +350,7 @@ class OnlineDPOTrainer:
             self._step,
             config=args.loop_config(args.max_steps),
             description=f"online DPO ({args.objective})",
+            state=(lambda: dict(self._counts), self._counts.update),  # counts survive a resume
         )
         result = loop.run(batch_at)
         accum = args.gradient_accumulation_steps
