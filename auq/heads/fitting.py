@@ -112,21 +112,7 @@ class FitConfig:
 
     def loop_config(self, max_steps: int, *, cpu: bool = False) -> LoopConfig:
         """The :class:`~auq.loop.LoopConfig` of a fit of ``max_steps`` updates."""
-        return LoopConfig(
-            max_steps=max_steps,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            max_grad_norm=self.max_grad_norm,
-            mixed_precision=self.mixed_precision,
-            gradient_checkpointing=self.gradient_checkpointing,
-            seed=self.seed,
-            output_dir=self.output_dir,
-            save_steps=self.save_steps,
-            resume_from_checkpoint=self.resume_from_checkpoint,
-            cpu=cpu,
-            progress=self.progress,
-        )
+        return LoopConfig.from_settings(self, max_steps=max_steps, cpu=cpu)
 
 
 #: names of the :class:`FitConfig` training options

@@ -162,6 +162,14 @@ class LoopConfig:
         )
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * shape
 
+    @classmethod
+    def from_settings(cls, settings: Any, *, max_steps: int, **overrides: Any) -> LoopConfig:
+        """The loop's options a trainer's settings object carries under the same names
+        (:class:`~auq.heads.FitConfig`, :class:`~auq.training.DPOConfig`, ...), plus
+        ``max_steps`` and ``overrides``."""
+        values = {name: getattr(settings, name) for name in LOOP_OPTIONS if hasattr(settings, name)}
+        return cls(**{**values, "max_steps": max_steps, **overrides})
+
     def replace(self, **changes: Any) -> LoopConfig:
         """A copy with ``changes``; unknown names are refused with the valid ones."""
         unknown = sorted(set(changes) - set(LOOP_OPTIONS))

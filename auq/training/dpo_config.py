@@ -103,26 +103,7 @@ class _TrainerConfig:
 
     def loop_config(self, max_steps: int) -> LoopConfig:
         """The :class:`~auq.loop.LoopConfig` of a run of ``max_steps`` updates."""
-        return LoopConfig(
-            max_steps=max_steps,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            max_grad_norm=self.max_grad_norm,
-            warmup_steps=self.warmup_steps,
-            lr_scheduler_type=self.lr_scheduler_type,
-            mixed_precision=self.mixed_precision,
-            gradient_checkpointing=self.gradient_checkpointing,
-            seed=self.seed,
-            output_dir=self.output_dir,
-            save_steps=self.save_steps,
-            save_total_limit=self.save_total_limit,
-            resume_from_checkpoint=self.resume_from_checkpoint,
-            logging_steps=self.logging_steps,
-            report_to=self.report_to,
-            cpu=self.cpu,
-            progress=self.progress,
-        )
+        return LoopConfig.from_settings(self, max_steps=max_steps)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
