@@ -76,3 +76,19 @@ def test_bench_overoptimization_quick(tmp_path):
     assert {r["proxy"] for r in deep["costs"]} == {"single", "heads", "laplace", "deep"}
     pngs = sorted(tmp_path.glob("bench_overoptimization_cpu_*.png"))
     assert len(pngs) == 4 and all(p.stat().st_size > 1000 for p in pngs)
+
+
+def test_bench_online_dpo_quick(tmp_path):
+    stdout = _run("bench_online_dpo.py", "--out-dir", str(tmp_path))
+    assert "gold at equal KL" in stdout and "step-time breakdown" in stdout
+    result = json.loads((tmp_path / "bench_online_dpo_cpu.json").read_text())
+    methods = ("online_mean", "online_lcb", "offline")
+    assert {(r["method"], r["seed"]) for r in result["runs"]} == {
+        (m, s) for m in methods for s in (0, 1)
+    }
+    for run in result["runs"]:  # the reference policy, then one point per chunk
+        assert [c["step"] for c in run["curve"]] == [0, 1, 2] and run["curve"][0]["kl"] == 0
+    assert set(result["timing"]["cases"]) == {"one RM (1 head)", "K heads", "Laplace"}
+    assert all(g["met"] in (True, False, None) for g in result["goals"].values())
+    pngs = sorted(tmp_path.glob("bench_online_dpo_cpu_*.png"))
+    assert len(pngs) == 2 and all(p.stat().st_size > 1000 for p in pngs)
