@@ -308,7 +308,8 @@ class TrainingLoop:
             model.eval()
         result.n_steps = step
         result.train_seconds = time.perf_counter() - began
-        acc.free_memory()
+        if self.device.type != "cpu":  # accelerate drops its references and empties the cache
+            acc.free_memory()
         return result
 
     def _log(self, step: int, metrics: dict, result: LoopResult, writer, bar) -> None:
@@ -387,7 +388,8 @@ class TrainingLoop:
                 "seed": self.config.seed,
             },
         )
-        if state.get("max_steps") != self.config.max_steps:
+        decays = self.config.lr_scheduler_type != "constant"
+        if decays and state.get("max_steps") != self.config.max_steps:
             logger.warning(
                 "%s: %s was written by a run of max_steps=%s, resumed with max_steps=%s; "
                 "a decaying learning rate follows the new length from here on",

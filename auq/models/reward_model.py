@@ -519,7 +519,12 @@ class RewardModel(nn.Module):
 
     # -- calibration --------------------------------------------------------------------
     def calibrate(
-        self, dataset: Any, *, method: str = "temperature", **options: Any
+        self,
+        dataset: Any,
+        *,
+        method: str = "temperature",
+        progress: bool | None = None,
+        **options: Any,
     ) -> BaseCalibrator:
         """Fit a calibrator of the preference probability on held-out pairs and attach it.
 
@@ -529,6 +534,9 @@ class RewardModel(nn.Module):
             Held-out pairs (not the training pairs); labels are "chosen wins" and
             the calibrators symmetrise them internally.
         method : {"temperature", "platt", "isotonic", "beta"}
+        progress : bool or None
+            Progress bar while the pairs are scored; None shows it only on a terminal
+            or in a notebook.
         **options
             Keyword options of the calibrator.
 
@@ -541,7 +549,7 @@ class RewardModel(nn.Module):
         from auq.calibration import make_calibrator
 
         calibrator = make_calibrator(method, **options)
-        calibrator.fit(self.predict(dataset, calibrated=False))
+        calibrator.fit(self.predict(dataset, calibrated=False, progress=progress))
         self.calibrator_ = calibrator
         return calibrator
 

@@ -178,6 +178,7 @@ class OnlineDPOTrainer:
             top_k=args.top_k,
             top_p=args.top_p,
             batch_size=args.generation_batch_size,
+            progress=args.progress,
         )
 
     # -- one round: sample, score, pair --------------------------------------------------
