@@ -64,7 +64,7 @@ def test_plain_dpo_learns_the_held_out_preferences(setup):
                  "logps/chosen", "logps/rejected", "loss", "lr"):  # fmt: skip
         assert name in before
     assert result.loop.n_steps == 12 == len(result.history)  # 64 pairs / 16 × 3 epochs
-    # stated figures (seeded): held-out implicit-reward accuracy 0.72, loss 0.66 < log 2
+    # stated figures (seeded): held-out implicit-reward accuracy 0.69 (from 0), loss 0.634 < log 2
     assert after["rewards/accuracies"] >= 0.6
     assert after["loss"] < math.log(2) - 0.02
     assert result.history[-1]["rewards/accuracies"] > before["rewards/accuracies"]
