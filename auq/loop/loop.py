@@ -141,9 +141,11 @@ def _enable_gradient_checkpointing(module: nn.Module) -> int:
         if any(name.startswith(f"{d}.") for d in done):
             continue
         if getattr(sub, "supports_gradient_checkpointing", False):
-            sub.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            kwargs = {"use_reentrant": False}
+            if hasattr(sub, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                sub.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                sub.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             if hasattr(sub, "config"):
                 sub.config.use_cache = False
             count += 1

@@ -273,3 +273,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_gradient_checkpointing_is_switched_on_and_trains_the_same(setup):
+    plain, _ = train(setup, max_steps=2)
+    ckpt, _ = train(setup, max_steps=2, gradient_checkpointing=True)
+    on = [getattr(m.model, "is_activation_checkpointing", None) for m in (ckpt, plain)]
+    if on[0] is None:  # transformers before 5.x
+        on = [m.model.is_gradient_checkpointing for m in (ckpt, plain)]
+    assert on == [True, False]
+    pp, pc = params(plain.model), params(ckpt.model)
+    for name in pp:
+        torch.testing.assert_close(pp[name], pc[name], rtol=1e-4, atol=1e-6)
