@@ -53,7 +53,7 @@ from auq.training.losses import DROP, SWAP, preference_loss
 from auq.training.pair_targets import PairTargets, pair_targets
 from auq.training.policy_data import TokenizedPairs, tokenize_pairs
 from auq.training.policy_model import load_policy, save_policy, wrap_peft
-from auq.utils.console import get_logger
+from auq.utils.console import get_logger, warn_user
 from auq.utils.io import load_safetensors, read_json, write_json
 
 __all__ = ["DPOResult", "DPOTrainer"]
@@ -103,7 +103,9 @@ class DPOTrainer:
     tokenizer : tokenizer, optional
         Needed when ``model`` is an object.
     train_dataset : list of rows, datasets.Dataset, pandas.DataFrame or PreferenceDataset
-        TRL's columns ``prompt``, ``chosen``, ``rejected`` (plain text or chats).
+        TRL's columns ``prompt``, ``chosen``, ``rejected`` (plain text or chats); an
+        optional ``weight`` column weighs each pair's loss (times the uncertainty
+        weights with ``uncertainty="weight"``).
     args : DPOConfig, optional
     reward_model : auq.RewardModel, optional
         Required by ``args.uncertainty`` other than "none" (and refused without it).
@@ -253,6 +255,14 @@ class DPOTrainer:
                 for i in torch.nonzero(targets.actions == SWAP).flatten().tolist():
                     chosen[i], rejected[i] = rejected[i], chosen[i]
                 keep = torch.nonzero(targets.actions != DROP).flatten()
+        if pairs.weight is not None:  # the dataset's own weight column multiplies in
+            given = torch.as_tensor(pairs.weight, dtype=torch.float64)
+            weight = given if weight is None else weight * given
+        if pairs.margin is not None:
+            warn_user(
+                "the dataset's 'margin' column is not used by DPO (it is a reward-model "
+                "training target); drop it to silence this"
+            )
         if len(keep) == 0:
             raise ValueError(
                 f"pessimism dropped all {n} pairs (no margin interval mean ± {args.k}·std excludes "

@@ -217,6 +217,10 @@ class OnlineDPOConfig(_TrainerConfig):
     max_new_tokens, temperature, top_k, top_p : sampling settings
     generation_batch_size : int
         Prompts per ``generate`` call.
+    max_length, max_prompt_length : int
+        Applied when responses are re-tokenised (a generator that returns texts only).
+        With :class:`~auq.training.HFGenerator` the sampled tokens are trained on as
+        they are: ``max_new_tokens`` and the policy's positions bound them.
     Others
         As in :class:`DPOConfig`.
     """

@@ -285,3 +285,23 @@ def test_gradient_checkpointing_is_switched_on_and_trains_the_same(setup):
     pp, pc = params(plain.model), params(ckpt.model)
     for name in pp:
         torch.testing.assert_close(pp[name], pc[name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_weight_column_weighs_the_pairs_and_a_margin_column_is_reported(setup):
+    _, train_set, _, tok = setup
+    base = rows(train_set)
+
+    def run(data):
+        t = DPOTrainer(
+            tiny_policy(tok), tokenizer=tok, train_dataset=data, args=DPOConfig(**FAST, max_steps=2)
+        )
+        t.train()
+        return params(t.model)
+
+    plain = run(base)
+    ones = run([{**r, "weight": 1.0} for r in base])
+    halves = run([{**r, "weight": 0.0 if i % 2 else 1.0} for i, r in enumerate(base)])
+    assert all(torch.allclose(plain[n], ones[n], atol=1e-7) for n in plain)
+    assert any(not torch.allclose(plain[n], halves[n], atol=1e-6) for n in plain)
+    with pytest.warns(UserWarning, match=r"'margin' column is not used by DPO"):
+        run([{**r, "margin": 1.0} for r in base])
