@@ -175,6 +175,7 @@ class DPOTrainer:
         self.peft = peft_config is not None
         self.model = wrap_peft(self.model, peft_config)
         self.targets_: PairTargets | None = None
+        self._eval_reference: tuple[Tensor, Tensor] | None = None
         self._trained = False
 
     # -- the reference policy ----------------------------------------------------------
@@ -362,9 +363,7 @@ class DPOTrainer:
             if self.eval_pairs is None:
                 raise ValueError("evaluate needs pairs: pass eval_dataset here or to the trainer")
             pairs = self.eval_pairs
-            reference = getattr(self, "_eval_reference", None) or self._reference_logps(
-                pairs, "eval"
-            )
+            reference = self._eval_reference or self._reference_logps(pairs, "eval")
         else:
             if self._trained and self.ref_model is None and not self.peft:
                 raise ValueError(

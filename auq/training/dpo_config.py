@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from auq.loop import LoopConfig
-from auq.loop.config import LR_SCHEDULES, MIXED_PRECISIONS, REPORT_TO
 from auq.objectives import OBJECTIVES
 from auq.training.losses import LOSS_TYPES
 from auq.training.pair_targets import UNCERTAINTY_MODES, WEIGHT_SCHEDULES
@@ -95,11 +94,8 @@ class _TrainerConfig:
                 f"max_prompt_length={self.max_prompt_length} must be smaller than "
                 f"max_length={self.max_length} (the response needs room)"
             )
-        check_choice("lr_scheduler_type", self.lr_scheduler_type, LR_SCHEDULES)
-        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
-        check_choice("report_to", self.report_to, REPORT_TO)
         check_output_dir(self.output_dir)
-        self.loop_config(1)  # the loop's own checks now, not at the first step
+        self.loop_config(1)  # the loop's options are checked by the loop, now
 
     def loop_config(self, max_steps: int) -> LoopConfig:
         """The :class:`~auq.loop.LoopConfig` of a run of ``max_steps`` updates."""

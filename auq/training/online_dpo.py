@@ -55,7 +55,10 @@ from auq.training.policy_data import tokenize_responses
 from auq.training.policy_model import frozen_copy, load_policy, save_policy, wrap_peft
 from auq.utils.validation import check_positive_int
 
-__all__ = ["OnlineDPOResult", "OnlineDPOTrainer"]
+__all__ = ["SAMPLING_OPTIONS", "OnlineDPOResult", "OnlineDPOTrainer"]
+
+#: OnlineDPOConfig fields that configure the default generator only
+SAMPLING_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "generation_batch_size")
 
 
 @dataclass
@@ -157,6 +160,14 @@ class OnlineDPOTrainer:
             raise TypeError("gold_reward must be callable: gold_reward(prompts, responses)")
         if generator is not None and not isinstance(generator, Generator):
             raise TypeError("generator must implement generate(prompts, n, *, seed)")
+        if generator is not None:  # its own sampling settings rule; refuse ours, not ignore them
+            defaults = OnlineDPOConfig()
+            set_here = [n for n in SAMPLING_OPTIONS if getattr(args, n) != getattr(defaults, n)]
+            if set_here:
+                raise ValueError(
+                    f"{', '.join(set_here)} configure the default HFGenerator; with generator= "
+                    "set them on that generator instead"
+                )
         self.prompts = _prompts_of(prompts)
         self.model, self.tokenizer = load_policy(model, tokenizer)
         self.pad_token_id = pad_token_id(self.tokenizer)
@@ -290,7 +301,6 @@ class OnlineDPOTrainer:
         round_ = self._sample_and_score(
             [self.prompts[p] for p, _ in share], seed, args.num_generations
         )
-        penalized = self._penalized(round_["prediction"])
         pairs = select_pairs(
             round_["prediction"],
             args.num_generations,
@@ -308,7 +318,7 @@ class OnlineDPOTrainer:
             round_["prompt_ids"], round_["response_ids"], pad_token_id=self.pad_token_id
         ).to(model_device(self.model))
         logps = sequence_logps(self.model, batch, reduction=reduction)  # (P·n,)
-        metrics = self._metrics(round_, penalized, pairs, batch.n_response_tokens)
+        metrics = self._metrics(round_, pairs.penalized, pairs, batch.n_response_tokens)
         metrics["kl"] = float(self._sequence_kl(logps, reference, batch.n_response_tokens))
         self._counts["n_pairs"] += len(pairs)
         self._counts["n_skipped_uncertain"] += pairs.n_skipped_uncertain

@@ -65,6 +65,8 @@ class SelectedPairs:
         Prompts whose pair was dropped because its order was uncertain at level α.
     n_skipped_ties : int
         Prompts whose best and worst penalised rewards are equal.
+    penalized : Tensor, shape (N,), float32, or None
+        The penalised reward of every response the pairs were picked by.
     """
 
     prompt_index: Tensor
@@ -76,6 +78,7 @@ class SelectedPairs:
     n_skipped_uncertain: int = 0
     n_skipped_ties: int = 0
     order_prob: Tensor | None = None
+    penalized: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.prompt_index.shape[0])
@@ -263,7 +266,8 @@ def select_pairs(
     n_prompts = n // n_per_prompt
 
     values = penalized_reward(prediction, objective, lam=lam, k=k, beta=beta, calibrator=calibrator)
-    values = values.detach().cpu().reshape(n_prompts, n_per_prompt)  # (N,) -> (P, n)
+    flat = values.detach().cpu()  # (N,)
+    values = flat.reshape(n_prompts, n_per_prompt)  # (N,) -> (P, n)
     best, worst = values.argmax(dim=1), values.argmin(dim=1)  # (P,) slots, first on ties
     rows = torch.arange(n_prompts)
     gap = values[rows, best] - values[rows, worst]  # (P,)
@@ -291,6 +295,7 @@ def select_pairs(
         n_skipped_uncertain=n_uncertain,
         n_skipped_ties=int(tie.sum()),
         order_prob=prob,
+        penalized=flat,
     )
     logger.info(
         "select_pairs: %d of %d prompts kept (%d ties, %d uncertain at alpha=%s)",

@@ -169,6 +169,18 @@ def test_bad_inputs_are_refused_before_any_compute(setup):
         OnlineDPOTrainer(
             policy, tokenizer=tok, reward_model=rm, prompts=pd.DataFrame({"text": prompts})
         )
+    generator = HFGenerator(policy, tok, max_new_tokens=4)
+    with pytest.raises(
+        ValueError, match=r"max_new_tokens, top_k configure the default HFGenerator"
+    ):
+        OnlineDPOTrainer(
+            policy,
+            tokenizer=tok,
+            reward_model=rm,
+            prompts=prompts,
+            generator=generator,
+            args=OnlineDPOConfig(max_new_tokens=4, top_k=5),
+        )
     with pytest.raises(TypeError, match=r"spread_calibrator must be a fitted SpreadScaler"):
         OnlineDPOTrainer(
             policy, tokenizer=tok, reward_model=rm, prompts=prompts, spread_calibrator=object()
