@@ -76,7 +76,11 @@ def test_not_fitted_until_fit_then_fitted_state(kind, pairs):
     [
         ("laplace", {"epochs": 3}, r"LaplaceHead does not use the training option\(s\) epochs"),
         ("pyro", {"lr": 0.1}, r"PyroHead does not use the training option\(s\) lr \(SVI/NUTS"),
-        ("ensemble", {"head_lr": 0.1}, r"head_lr and gradient_checkpointing apply only when a backbone trains"),
+        (
+            "ensemble",
+            {"head_lr": 0.1},
+            r"head_lr and gradient_checkpointing apply only when a backbone trains",
+        ),
     ],
 )
 def test_training_options_a_head_cannot_use_are_refused(kind, option, message, pairs):
